@@ -1,0 +1,1 @@
+"""Typed Pulumi components, one cloud concern per module."""

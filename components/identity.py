@@ -1,0 +1,101 @@
+"""Workload Identity for a Kubernetes service account, bound directly to its IAM principal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as kubernetes
+
+
+def workload_principal(
+    project_id: pulumi.Input[str],
+    project_number: pulumi.Input[str],
+    namespace: pulumi.Input[str],
+    ksa: pulumi.Input[str],
+) -> pulumi.Output[str]:
+    """Return the IAM principal of a Kubernetes service account under direct Workload Identity."""
+    return pulumi.Output.concat(
+        "principal://iam.googleapis.com/projects/",
+        project_number,
+        "/locations/global/workloadIdentityPools/",
+        project_id,
+        ".svc.id.goog/subject/ns/",
+        namespace,
+        "/sa/",
+        ksa,
+    )
+
+
+@dataclass(frozen=True)
+class WorkloadIdentityArgs:
+    """Inputs for a Kubernetes service account and the project roles its principal holds."""
+
+    project_id: pulumi.Input[str]
+    project_number: pulumi.Input[str]
+    namespace: pulumi.Input[str]
+    ksa_name: str
+    # Bound at project level to the KSA principal; resource-level grants use `principal`.
+    project_roles: Sequence[str]
+    k8s_provider: pulumi.ProviderResource
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+
+
+class WorkloadIdentity(pulumi.ComponentResource):
+    """A Kubernetes service account whose principal holds project roles, with no GSA and no key."""
+
+    ksa: kubernetes.core.v1.ServiceAccount
+    ksa_name: pulumi.Output[str]
+    principal: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: WorkloadIdentityArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gemma-stack:identity:WorkloadIdentity", name, None, opts)
+        basic = sorted(_BASIC_ROLES.intersection(args.project_roles))
+        if basic:
+            raise ValueError(
+                f"WorkloadIdentity {name!r}: basic roles {basic} are never granted; "
+                "name the predefined roles the workload needs instead."
+            )
+        if not args.ksa_name:
+            raise ValueError(f"WorkloadIdentity {name!r}: ksa_name must not be empty.")
+
+        self.ksa = kubernetes.core.v1.ServiceAccount(
+            f"{name}-ksa",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=args.ksa_name,
+                namespace=args.namespace,
+                labels={"app.kubernetes.io/part-of": "gemma-stack"},
+            ),
+            # Pods must not get an API token they never use.
+            automount_service_account_token=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=args.k8s_provider,
+                depends_on=list(args.depends_on),
+            ),
+        )
+        self.ksa_name = self.ksa.metadata.apply(lambda m: m.name or args.ksa_name)
+        self.principal = workload_principal(
+            args.project_id, args.project_number, args.namespace, args.ksa_name
+        )
+        self.role_bindings: list[gcp.projects.IAMMember] = [
+            gcp.projects.IAMMember(
+                f"{name}-{role.removeprefix('roles/').replace('.', '-')}",
+                project=args.project_id,
+                role=role,
+                member=self.principal,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            )
+            for role in args.project_roles
+        ]
+        self.register_outputs({"ksaName": self.ksa_name, "principal": self.principal})
