@@ -1,0 +1,50 @@
+# Thin wrappers: every target is one or two commands you could type yourself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CHECKOV := .tools/checkov
+
+.PHONY: help venv test lint typecheck pytest demo bench system-deps clean
+
+help:
+	@echo "make demo   - run the chat app, the inference app and a local Firestore, offline"
+	@echo "make test   - create .venv and run every check: lint, type check and tests"
+	@echo "make bench  - run the benchmarks in bench/ and print their tables"
+
+# One environment for development and tests; `pulumi up` installs only requirements.txt.
+$(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# checkov pins its own dependencies, so it lives in a tool environment of its own.
+$(CHECKOV)/.installed: policy/checkov/requirements.txt
+	test -x $(CHECKOV)/bin/python || $(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/python -m pip install --quiet --disable-pip-version-check -r policy/checkov/requirements.txt
+	touch $@
+
+system-deps:
+	scripts/install-system-deps.sh
+
+test: lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv $(CHECKOV)/.installed system-deps
+	$(BIN)/pytest
+
+demo: venv system-deps
+	$(BIN)/python -m devtools.demo $(if $(MODEL_URI),--model-uri $(MODEL_URI))
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache
