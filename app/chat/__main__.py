@@ -1,0 +1,33 @@
+"""Entry point: `python -m app.chat` serves the chat UI on $PORT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.chat.server import create_app
+from app.chat.settings import ChatSettings
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = ChatSettings()  # type: ignore[call-arg] - filled from the environment
+    except ValidationError as err:
+        sys.exit(f"chat app settings are invalid:\n{err}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=15,
+        log_level="info",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Model backends behind one small streaming interface: OpenAI-compatible servers and Gemini."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from app.chat.id_tokens import IdTokenSource, audience_for
+from app.chat.settings import BackendConfig
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the conversation as the backends see it."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sliders of the UI."""
+
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_tokens: int = 1024
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+
+
+class BackendError(Exception):
+    """A failure to show the user as a chat message; `partial` says text had already streamed."""
+
+    def __init__(self, message: str, *, partial: bool = False, transient: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial = partial
+        # A transient failure (not ready, busy, unreachable) is worth pointing at another model.
+        self.transient = transient
+
+
+class ChatBackend(Protocol):
+    """What the UI needs from a model: stream a reply to a conversation, piece by piece."""
+
+    config: BackendConfig
+
+    def stream(
+        self, turns: Sequence[Turn], system_prompt: str, sampling: Sampling
+    ) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def prepare_turns(turns: Sequence[Turn]) -> list[Turn]:
+    """Make the history acceptable to strict chat templates: roles alternate, user first.
+
+    A failed reply leaves two user turns in a row; Gemma's template raises on that, so
+    consecutive turns of one role are merged.
+    """
+    merged: list[Turn] = []
+    for turn in turns:
+        if not turn.content:
+            continue
+        if merged and merged[-1].role == turn.role:
+            merged[-1] = Turn(turn.role, f"{merged[-1].content}\n\n{turn.content}")
+        else:
+            merged.append(turn)
+    while merged and merged[0].role != "user":
+        merged.pop(0)
+    return merged
+
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _status_message(config: BackendConfig, status: int, detail: str) -> str:
+    name = config.label
+    if status == 429:
+        return f"{name} is busy right now (HTTP 429, too many requests); try again in a moment."
+    if status in (502, 503, 504):
+        return (
+            f"{name} is not ready yet (GPU still provisioning or the model is loading; "
+            f"HTTP {status})."
+        )
+    if status in (401, 403):
+        return (
+            f"{name} refused the chat app's credentials (HTTP {status}). The app's service "
+            "account needs permission to call it (roles/run.invoker on Cloud Run, "
+            "roles/aiplatform.user for Vertex AI)."
+        )
+    if status == 404:
+        return f"{name} has no model {config.model!r} (HTTP 404); check CHAT_BACKENDS."
+    brief = detail.strip().splitlines()[0][:300] if detail.strip() else "no details"
+    if 400 <= status < 500:
+        return f"{name} rejected the request (HTTP {status}): {brief}"
+    return f"{name} failed (HTTP {status}): {brief}"
+
+
+def _timed_out(err: BaseException) -> bool:
+    chain = [err, err.__cause__, err.__context__]
+    return any(
+        e is not None and ("Timeout" in type(e).__name__ or "timed out" in str(e).lower())
+        for e in chain
+    )
+
+
+def _transport_message(config: BackendConfig, err: BaseException) -> str:
+    if _timed_out(err):
+        return f"{config.label} did not answer within {config.timeout_s:g} s; try again shortly."
+    return (
+        f"{config.label} cannot be reached ({type(err).__name__}); it may still be starting "
+        "or waiting for a GPU."
+    )
+
+
+class OpenAIBackend:
+    """vLLM, Ollama or our inference app through the official `openai` client."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        from openai import AsyncOpenAI  # noqa: PLC0415 - keeps import cost with the backend kind
+
+        assert config.base_url is not None  # noqa: S101 - checked by BackendConfig
+        self.config = config
+        self._id_tokens = (
+            IdTokenSource(audience_for(config.base_url))
+            if config.auth == "google-id-token"
+            else None
+        )
+        api_key = os.environ.get(config.api_key_env or "", "") if config.auth == "api-key" else ""
+        # A failed call is shown to the user at once; silent retries only delay the message.
+        self._client = AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=api_key or "unused",
+            timeout=config.timeout_s,
+            max_retries=0,
+        )
+
+    def _messages(self, turns: Sequence[Turn], system_prompt: str) -> list[dict[str, str]]:
+        history = prepare_turns(turns)
+        messages = [{"role": t.role, "content": t.content} for t in history]
+        if system_prompt.strip():
+            if self.config.folds_system_prompt and messages:
+                messages[0]["content"] = f"{system_prompt.strip()}\n\n{messages[0]['content']}"
+            elif not self.config.folds_system_prompt:
+                messages.insert(0, {"role": "system", "content": system_prompt.strip()})
+        return messages
+
+    async def stream(
+        self, turns: Sequence[Turn], system_prompt: str, sampling: Sampling
+    ) -> AsyncIterator[str]:
+        import httpx2  # noqa: PLC0415 - the transport of openai>=3; mid-stream drops surface as its errors
+        import openai  # noqa: PLC0415
+
+        started = False
+        try:
+            headers = await self._id_tokens.headers() if self._id_tokens else {}
+            stream = await self._client.chat.completions.create(
+                model=self.config.model,
+                messages=self._messages(turns, system_prompt),  # type: ignore[arg-type]
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                stream=True,
+                extra_headers=headers,
+            )
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                text = chunk.choices[0].delta.content
+                if text:
+                    started = True
+                    yield text
+        except openai.APIStatusError as err:
+            raise BackendError(
+                _status_message(self.config, err.status_code, str(err.message)),
+                partial=started,
+                transient=err.status_code in TRANSIENT_STATUSES,
+            ) from err
+        except (openai.APIError, httpx2.HTTPError, httpx.HTTPError, OSError) as err:
+            raise BackendError(self._broken(err, started), partial=started, transient=True) from err
+        except Exception as err:  # google-auth failures and anything unforeseen
+            raise BackendError(
+                f"{self.config.label} failed: {type(err).__name__}: {err}", partial=started
+            ) from err
+
+    def _broken(self, err: BaseException, started: bool) -> str:
+        if started:
+            return f"{self.config.label} stopped mid-reply (connection lost); the reply is cut off."
+        return _transport_message(self.config, err)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class GeminiBackend:
+    """Gemini on Vertex AI, or any server speaking the Gemini API, through google-genai."""
+
+    def __init__(self, config: BackendConfig, project: str | None) -> None:
+        self.config = config
+        self._project = project
+        self._client: Any = None
+        self._id_tokens = (
+            IdTokenSource(audience_for(config.base_url))
+            if config.auth == "google-id-token" and config.base_url
+            else None
+        )
+
+    def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        import google.auth  # noqa: PLC0415
+        import google.auth.exceptions  # noqa: PLC0415
+        from google import genai  # noqa: PLC0415
+        from google.genai import types  # noqa: PLC0415
+
+        timeout_ms = int(self.config.timeout_s * 1000)
+        if self.config.vertex:
+            try:
+                credentials, found_project = google.auth.default(
+                    scopes=["https://www.googleapis.com/auth/cloud-platform"]
+                )
+            except google.auth.exceptions.DefaultCredentialsError as err:
+                raise BackendError(
+                    f"{self.config.label} runs on Vertex AI and needs Google credentials, but "
+                    "none were found. On GCP the app uses its Workload Identity; locally run "
+                    "`gcloud auth application-default login` or set "
+                    "GOOGLE_APPLICATION_CREDENTIALS. Other models keep working."
+                ) from err
+            project = self._project or found_project
+            if not project:
+                raise BackendError(
+                    f"{self.config.label} runs on Vertex AI and needs a project: set "
+                    "GOOGLE_CLOUD_PROJECT."
+                )
+            self._client = genai.Client(
+                vertexai=True,
+                project=project,
+                location=self.config.location or "global",
+                credentials=credentials,
+                http_options=types.HttpOptions(timeout=timeout_ms),
+            )
+        else:
+            api_key = os.environ.get(self.config.api_key_env or "", "")
+            if self.config.auth == "api-key" and not api_key:
+                raise BackendError(
+                    f"{self.config.label} needs an API key in ${self.config.api_key_env}, "
+                    "which is empty."
+                )
+            self._client = genai.Client(
+                api_key=api_key or "unused",
+                http_options=types.HttpOptions(base_url=self.config.base_url, timeout=timeout_ms),
+            )
+        return self._client
+
+    async def stream(
+        self, turns: Sequence[Turn], system_prompt: str, sampling: Sampling
+    ) -> AsyncIterator[str]:
+        from google.genai import errors, types  # noqa: PLC0415
+
+        started = False
+        try:
+            client = self._get_client()
+            contents = [
+                types.Content(
+                    role="model" if t.role == "assistant" else "user",
+                    parts=[types.Part(text=t.content)],
+                )
+                for t in prepare_turns(turns)
+            ]
+            headers = await self._id_tokens.headers() if self._id_tokens else None
+            config = types.GenerateContentConfig(
+                system_instruction=system_prompt.strip() or None,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_output_tokens=sampling.max_tokens,
+                http_options=types.HttpOptions(headers=headers) if headers else None,
+            )
+            stream = await client.aio.models.generate_content_stream(
+                model=self.config.model, contents=contents, config=config
+            )
+            async for chunk in stream:
+                text = _chunk_text(chunk)
+                if text:
+                    started = True
+                    yield text
+        except BackendError:
+            raise
+        except errors.APIError as err:
+            raise BackendError(
+                _status_message(self.config, int(err.code or 0), str(err.message or "")),
+                partial=started,
+                transient=int(err.code or 0) in TRANSIENT_STATUSES,
+            ) from err
+        except (httpx.HTTPError, OSError) as err:
+            message = (
+                f"{self.config.label} stopped mid-reply (connection lost); the reply is cut off."
+                if started
+                else _transport_message(self.config, err)
+            )
+            raise BackendError(message, partial=started, transient=True) from err
+        except Exception as err:  # google-auth refresh failures, aiohttp errors, and the like
+            raise BackendError(
+                f"{self.config.label} failed: {type(err).__name__}: {err}", partial=started
+            ) from err
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aio.aclose()
+
+
+def _chunk_text(chunk: Any) -> str:
+    # `chunk.text` warns and concatenates non-text parts; read text parts directly.
+    parts: list[str] = []
+    for candidate in chunk.candidates or []:
+        content = candidate.content
+        for part in (content.parts or []) if content else []:
+            if part.text and not part.thought:
+                parts.append(part.text)
+        break
+    return "".join(parts)
+
+
+def make_backend(config: BackendConfig, project: str | None = None) -> ChatBackend:
+    if config.kind == "openai":
+        return OpenAIBackend(config)
+    return GeminiBackend(config, project)

@@ -1,0 +1,54 @@
+"""The web server: Gradio mounted on FastAPI, with a health route for Kubernetes and Cloud Run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import gradio as gr
+from fastapi import FastAPI
+
+from app.chat.backends import ChatBackend, make_backend
+from app.chat.history import ChatHistory
+from app.chat.identity import OwnerResolver
+from app.chat.settings import ChatSettings
+from app.chat.ui import CSS, ChatUI
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> FastAPI:
+    """Wire settings, backends, history and the UI into one ASGI app."""
+    history = history or ChatHistory(settings.google_cloud_project, settings.firestore_database)
+    backends: dict[str, ChatBackend] = {
+        b.id: make_backend(b, settings.google_cloud_project) for b in settings.chat_backends
+    }
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await history.close()
+        for backend in backends.values():
+            await backend.aclose()
+
+    api = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        # Always 200 while serving: a Firestore outage is absorbed by the writer, not a restart.
+        return {"status": "ok", "pending_writes": history.pending}
+
+    ui = ChatUI(settings, history, backends, OwnerResolver(settings))
+    auth = list(settings.login_users().items()) if settings.auth_mode == "login" else None
+    return gr.mount_gradio_app(
+        api,
+        ui.build(),
+        path="",
+        auth=auth,
+        auth_message="Sign in to your team's Gemma chat." if auth else None,
+        footer_links=[],
+        theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"),
+        css=CSS,
+        ssr_mode=False,
+    )

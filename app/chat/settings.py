@@ -1,0 +1,134 @@
+"""Settings of the chat app, read once from environment variables."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Gemma, a helpful, friendly assistant for ML and platform engineers. "
+    "Answer clearly and concisely; use Markdown for code."
+)
+
+
+class BackendConfig(BaseModel):
+    """One entry of `CHAT_BACKENDS`: a model the user can pick in the dropdown."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+    kind: Literal["openai", "gemini"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    auth: Literal["none", "google-id-token", "api-key"] = "none"
+    api_key_env: str | None = None
+    vertex: bool = False
+    location: str | None = None
+    # Older Gemma chat templates raise on a `system` turn, so OpenAI-style backends get the
+    # system prompt folded into the first user turn unless the server is known to accept it.
+    fold_system_prompt: bool | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> BackendConfig:
+        where = f"CHAT_BACKENDS entry {self.id!r}"
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError(f"{where}: kind 'openai' needs a base_url (e.g. http://host:8000/v1)")
+        if self.kind == "openai" and self.vertex:
+            raise ValueError(f"{where}: 'vertex' applies to kind 'gemini' only")
+        if self.vertex and self.base_url:
+            raise ValueError(f"{where}: set either vertex: true or base_url, not both")
+        if (
+            self.kind == "gemini"
+            and not self.vertex
+            and not self.base_url
+            and self.auth != "api-key"
+        ):
+            raise ValueError(
+                f"{where}: a gemini backend needs vertex: true, a base_url, or auth 'api-key'"
+            )
+        if self.auth == "api-key" and not self.api_key_env:
+            raise ValueError(f"{where}: auth 'api-key' needs api_key_env (the variable's name)")
+        if self.auth == "google-id-token" and not self.base_url:
+            raise ValueError(f"{where}: auth 'google-id-token' needs the service's base_url")
+        return self
+
+    @property
+    def folds_system_prompt(self) -> bool:
+        if self.fold_system_prompt is not None:
+            return self.fold_system_prompt
+        return self.kind == "openai"
+
+
+class ChatSettings(BaseSettings):
+    """Everything `python -m app.chat` reads from its environment."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    chat_backends: Annotated[list[BackendConfig], NoDecode] = Field(min_length=1)
+    google_cloud_project: str | None = None
+    firestore_database: str = "chat-app-db"
+    host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+    port: int = Field(default=7860, ge=1, le=65535)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    auth_mode: Literal["none", "iap", "login"] = "none"
+    login_credentials: SecretStr | None = None
+    iap_audience: str | None = None
+    # Keeps a browser's anonymous id readable across app restarts (Gradio encrypts it with this).
+    browser_state_key: str = "gemma-stack-chat"
+    max_concurrent_chats: int = Field(default=256, ge=1)
+    queue_size: int = Field(default=1024, ge=1)
+    conversation_list_size: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("chat_backends", mode="before")
+    @classmethod
+    def _parse_backends(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"CHAT_BACKENDS must be a JSON list of backends: {err.msg} at char {err.pos}"
+                ) from err
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatSettings:
+        ids = [b.id for b in self.chat_backends]
+        labels = [b.label for b in self.chat_backends]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"CHAT_BACKENDS ids must be unique, got {ids}")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"CHAT_BACKENDS labels must be unique, got {labels}")
+        if self.auth_mode == "login":
+            self.login_users()  # fails early with a clear message
+        return self
+
+    def login_users(self) -> dict[str, str]:
+        """Parse `LOGIN_CREDENTIALS` (`user:password,...`) into a name-to-password map."""
+        raw = self.login_credentials.get_secret_value() if self.login_credentials else ""
+        users: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            name, sep, password = item.partition(":")
+            if not sep or not name or not password:
+                raise ValueError(
+                    "LOGIN_CREDENTIALS must look like 'user:password,user2:password2'; "
+                    f"entry {len(users) + 1} has no 'user:password' form"
+                )
+            users[name] = password
+        if not users:
+            raise ValueError("AUTH_MODE=login needs LOGIN_CREDENTIALS='user:password,...'")
+        return users
+
+    def backend_by_label(self, label: str) -> BackendConfig:
+        for backend in self.chat_backends:
+            if backend.label == label:
+                return backend
+        raise KeyError(label)
+
+    def backend_by_id(self, backend_id: str) -> BackendConfig | None:
+        return next((b for b in self.chat_backends if b.id == backend_id), None)
