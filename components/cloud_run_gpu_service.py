@@ -1,0 +1,563 @@
+"""A Cloud Run service on one NVIDIA L4 serving Gemma 3, private to named invokers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.gemma_on_gke import VLLM_IMAGE
+
+Flavour = Literal["prebuilt", "vllm", "finetuned"]
+ApiKind = Literal["openai", "gemini"]
+PrebuiltVariant = Literal["1b", "4b", "12b", "27b"]
+
+PREBUILT_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/gemma3-{variant}"
+L4 = "nvidia-l4"
+# Cloud Run rejects a startup probe whose period, initial delay, or failureThreshold x period
+# exceeds this, so the longest possible startup window is 240 + 240 s.
+CLOUD_RUN_PROBE_MAX_S = 240
+MODEL_MOUNT = "/models"
+_SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
+_ACCOUNT_ID = re.compile(r"^[a-z]([a-z0-9-]{4,28}[a-z0-9])$")
+_OPEN_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
+_MEMBER_PREFIXES = (
+    "user:",
+    "group:",
+    "serviceAccount:",
+    "domain:",
+    "principal://",
+    "principalSet://",
+)
+
+
+@dataclass(frozen=True)
+class StartupProbe:
+    """When Cloud Run may send traffic; `path=None` probes the TCP port instead of HTTP."""
+
+    path: str | None = "/health"
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 5
+    failure_threshold: int = 24
+
+    def __post_init__(self) -> None:
+        limit = CLOUD_RUN_PROBE_MAX_S
+        if not 1 <= self.period_seconds <= limit:
+            raise ValueError(
+                f"startup probe period_seconds={self.period_seconds} is outside 1..{limit}; "
+                f"Cloud Run rejects a period over {limit} s. Raise failure_threshold or "
+                "initial_delay_seconds instead to allow a longer start."
+            )
+        if not 0 <= self.initial_delay_seconds <= limit:
+            raise ValueError(
+                f"startup probe initial_delay_seconds={self.initial_delay_seconds} is outside "
+                f"0..{limit}; Cloud Run rejects a longer initial delay."
+            )
+        if not 1 <= self.timeout_seconds <= self.period_seconds:
+            raise ValueError(
+                f"startup probe timeout_seconds={self.timeout_seconds} must be within "
+                f"1..period_seconds ({self.period_seconds})."
+            )
+        if self.failure_threshold < 1 or self.failure_threshold * self.period_seconds > limit:
+            raise ValueError(
+                f"startup probe failure_threshold x period_seconds = "
+                f"{self.failure_threshold} x {self.period_seconds} s exceeds Cloud Run's "
+                f"{limit} s; lower failure_threshold and use initial_delay_seconds "
+                "(up to 240 s) for the rest of the startup time."
+            )
+
+    @property
+    def budget_seconds(self) -> int:
+        """The longest a container may take to pass the probe before Cloud Run stops it."""
+        return self.initial_delay_seconds + self.failure_threshold * self.period_seconds
+
+
+@dataclass(frozen=True)
+class CloudRunGpuServiceArgs:
+    """Everything one GPU service needs; build it with `prebuilt_gemma`, `vllm_gemma` or
+    `finetuned_gemma`, and adjust with `dataclasses.replace`."""
+
+    project_id: pulumi.Input[str]
+    region: str
+    flavour: Flavour
+    image: pulumi.Input[str]
+    # What clients send as `model` (the chat app's backend `model`).
+    model_name: str
+    api_kind: ApiKind
+    startup_probe: StartupProbe
+    cpu: str = "8"
+    memory: str = "32Gi"
+    concurrency: int = 4
+    max_instances: int = 1
+    min_instances: int = 0
+    timeout_seconds: int = 600
+    container_port: int = 8080
+    args: tuple[str, ...] = ()
+    env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Env var name -> Secret Manager secret (id or projects/*/secrets/* name), read as
+    # `latest`; the runtime account gets secretAccessor on exactly these secrets.
+    secret_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Mounted read-only at /models; the runtime account gets objectViewer on it alone.
+    model_bucket: pulumi.Input[str] | None = None
+    # Read without a mount (e.g. MODEL_URI=gs://...); same bucket-only objectViewer grant.
+    reads_bucket: pulumi.Input[str] | None = None
+    # Label (used in resource names) -> IAM member, e.g. {"chat": "serviceAccount:..."}.
+    invokers: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    public: bool = False
+    ingress: str = "INGRESS_TRAFFIC_ALL"
+    gpu_zonal_redundancy_disabled: bool = True
+    startup_cpu_boost: bool = True
+    # Stateless: nothing is lost on delete, and protection would block `pulumi destroy`.
+    deletion_protection: bool = False
+    service_name: str | None = None
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+    def validate(self, name: str) -> None:  # noqa: PLR0912 - one readable check per rule
+        """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
+        where = f"CloudRunGpuService {name!r}"
+        service = self.service_name or name
+        if not _SERVICE_NAME.match(service):
+            raise ValueError(
+                f"{where}: service name {service!r} must be 1-49 lowercase letters, digits "
+                "or hyphens, starting with a letter."
+            )
+        if _cpu(self.cpu) < 4:
+            raise ValueError(f"{where}: Cloud Run GPU services need cpu >= 4, got {self.cpu}.")
+        if _gib(self.memory) < 16:
+            raise ValueError(
+                f"{where}: Cloud Run GPU services need memory >= 16Gi, got {self.memory}."
+            )
+        if not 1 <= self.concurrency <= 1000:
+            raise ValueError(f"{where}: concurrency must be within 1..1000.")
+        if self.max_instances < 1 or not 0 <= self.min_instances <= self.max_instances:
+            raise ValueError(
+                f"{where}: need 0 <= min_instances ({self.min_instances}) <= max_instances "
+                f"({self.max_instances}) and max_instances >= 1; each instance holds one L4 "
+                "of the regional quota."
+            )
+        if not 1 <= self.timeout_seconds <= 3600:
+            raise ValueError(f"{where}: timeout_seconds must be within 1..3600.")
+        if "PORT" in self.env:
+            raise ValueError(f"{where}: PORT is set by Cloud Run from container_port.")
+        if overlap := sorted(set(self.env) & set(self.secret_env)):
+            raise ValueError(f"{where}: {overlap} set both as plain env and as secret env.")
+        for label, member in self.invokers.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", label):
+                raise ValueError(
+                    f"{where}: invoker label {label!r} must be short lowercase-hyphenated "
+                    "(it names the IAM binding)."
+                )
+            if isinstance(member, str):
+                if member in _OPEN_MEMBERS:
+                    raise ValueError(
+                        f"{where}: invoker {label!r} is {member}; open a service to everyone "
+                        "only with public=True, which also warns on every `pulumi up`."
+                    )
+                if not member.startswith(_MEMBER_PREFIXES):
+                    raise ValueError(
+                        f"{where}: invoker {label!r}={member!r} is not an IAM member; write "
+                        "e.g. 'user:ana@example.com' or 'group:ml-team@example.com'."
+                    )
+
+
+def _cpu(value: str) -> float:
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def _gib(value: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    for suffix, scale in units.items():
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * scale
+    raise ValueError(f"memory {value!r} needs a unit such as Gi or Mi, e.g. '32Gi'.")
+
+
+def prebuilt_gemma(
+    *,
+    project_id: pulumi.Input[str],
+    region: str,
+    variant: PrebuiltVariant,
+    invokers: Mapping[str, pulumi.Input[str]],
+    concurrency: int = 4,
+    max_instances: int = 1,
+    service_name: str | None = None,
+) -> CloudRunGpuServiceArgs:
+    """Google's prebuilt Gemma 3 image (Ollama inside), with BRIEF's recommended settings."""
+    if variant not in ("1b", "4b", "12b", "27b"):
+        raise ValueError(f"prebuilt Gemma 3 variant {variant!r}: choose 1b, 4b, 12b or 27b.")
+    return CloudRunGpuServiceArgs(
+        project_id=project_id,
+        region=region,
+        flavour="prebuilt",
+        image=PREBUILT_IMAGE.format(variant=variant),
+        model_name=f"gemma3:{variant}",
+        api_kind="gemini",
+        cpu="8",
+        memory="32Gi",
+        concurrency=concurrency,
+        max_instances=max_instances,
+        timeout_seconds=600,
+        # Ollama parallelism must match what Cloud Run sends one instance, or requests queue.
+        env={"OLLAMA_NUM_PARALLEL": str(concurrency)},
+        # Weights ship in the image and Ollama loads them on the first request, so the port
+        # opens quickly; the 600 s request timeout covers that first load.
+        startup_probe=StartupProbe(
+            path=None, initial_delay_seconds=0, period_seconds=10, failure_threshold=24
+        ),
+        invokers=invokers,
+        service_name=service_name,
+    )
+
+
+def vllm_gemma(
+    *,
+    project_id: pulumi.Input[str],
+    region: str,
+    model_id: str,
+    max_model_len: int,
+    invokers: Mapping[str, pulumi.Input[str]],
+    hf_token_secret: pulumi.Input[str] | None = None,
+    model_bucket: pulumi.Input[str] | None = None,
+    model_path: str = "",
+    concurrency: int = 16,
+    max_instances: int = 1,
+    image: str = VLLM_IMAGE,
+    service_name: str | None = None,
+) -> CloudRunGpuServiceArgs:
+    """vLLM's OpenAI server; weights from a GCS bucket mount or from the Hub with a token
+    read from Secret Manager at run time (never at build time)."""
+    if (model_bucket is None) == (hf_token_secret is None):
+        raise ValueError(
+            "vllm_gemma: give exactly one model source: model_bucket (a folder in GCS) or "
+            "hf_token_secret (download model_id from Hugging Face with that secret)."
+        )
+    if model_path.startswith(("gs://", "/")):
+        raise ValueError(
+            f"vllm_gemma: model_path {model_path!r} is a folder inside the bucket, "
+            "without gs:// or a leading slash."
+        )
+    if not 512 <= max_model_len <= 131072:
+        raise ValueError(
+            f"vllm_gemma: max_model_len {max_model_len} is outside 512..131072; Gemma 3's "
+            "128K default does not fit an L4's KV cache."
+        )
+    model_arg = f"{MODEL_MOUNT}/{model_path}".rstrip("/") if model_bucket else model_id
+    env: dict[str, pulumi.Input[str]] = {
+        "HF_HOME": "/tmp/huggingface",  # noqa: S108 - Cloud Run's writable in-memory disk
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    if model_bucket is not None:
+        env["HF_HUB_OFFLINE"] = "1"
+    return CloudRunGpuServiceArgs(
+        project_id=project_id,
+        region=region,
+        flavour="vllm",
+        image=image,
+        model_name=model_id,
+        api_kind="openai",
+        cpu="8",
+        memory="32Gi",
+        concurrency=concurrency,
+        max_instances=max_instances,
+        timeout_seconds=600,
+        args=(
+            f"--model={model_arg}",
+            f"--served-model-name={model_id}",
+            "--gpu-memory-utilization=0.90",
+            f"--max-model-len={max_model_len}",
+            f"--max-num-seqs={concurrency}",
+            "--host=0.0.0.0",
+            "--port=8080",
+        ),
+        env=env,
+        secret_env={"HF_TOKEN": hf_token_secret} if hf_token_secret is not None else {},
+        model_bucket=model_bucket,
+        # Engine start (35-90 s) plus weights and CUDA graphs: 180 + 24 x 10 = 420 s.
+        startup_probe=StartupProbe(
+            path="/health", initial_delay_seconds=180, period_seconds=10, failure_threshold=24
+        ),
+        invokers=invokers,
+        service_name=service_name,
+    )
+
+
+def finetuned_gemma(
+    *,
+    project_id: pulumi.Input[str],
+    region: str,
+    image: pulumi.Input[str],
+    model_bucket: pulumi.Input[str],
+    model_path: str,
+    invokers: Mapping[str, pulumi.Input[str]],
+    model_name: str = "gemma-3-finetuned",
+    max_instances: int = 1,
+    service_name: str | None = None,
+) -> CloudRunGpuServiceArgs:
+    """Our inference app serving a merged model folder it reads from gs:// at start."""
+    if model_path.startswith(("gs://", "/")) or not model_path:
+        raise ValueError(
+            f"finetuned_gemma: model_path {model_path!r} must be the model folder inside the "
+            "bucket, e.g. 'models/gemma-3-1b-sql' (no gs://, no leading slash)."
+        )
+    return CloudRunGpuServiceArgs(
+        project_id=project_id,
+        region=region,
+        flavour="finetuned",
+        image=image,
+        model_name=model_name,
+        api_kind="openai",
+        # The team's working settings for a 1B model: one request at a time, 15 min timeout.
+        cpu="4",
+        memory="16Gi",
+        concurrency=1,
+        max_instances=max_instances,
+        timeout_seconds=900,
+        env={
+            "MODEL_URI": pulumi.Output.concat("gs://", model_bucket, "/", model_path),
+            "SERVED_MODEL_NAME": model_name,
+        },
+        reads_bucket=model_bucket,
+        # Download of the merged folder plus load: 60 + 24 x 10 = 300 s.
+        startup_probe=StartupProbe(
+            path="/health", initial_delay_seconds=60, period_seconds=10, failure_threshold=24
+        ),
+        invokers=invokers,
+        service_name=service_name,
+    )
+
+
+class CloudRunGpuService(pulumi.ComponentResource):
+    """One Cloud Run service on an L4 with its own runtime account and named invokers."""
+
+    service: gcp.cloudrunv2.Service
+    runtime_account: gcp.serviceaccount.Account
+    uri: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    location: str
+    runtime_service_account_email: pulumi.Output[str]
+    api_kind: ApiKind
+    model_name: str
+    curl_example: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: CloudRunGpuServiceArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gemma-stack:cloudrun:CloudRunGpuService", name, None, opts)
+        args.validate(name)
+        service_name = args.service_name or name
+        child = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
+
+        # One account per service, so a grant to one model server never reaches another.
+        self.runtime_account = gcp.serviceaccount.Account(
+            f"{name}-runtime",
+            project=args.project_id,
+            account_id=_account_id(service_name),
+            display_name=f"Cloud Run runtime for {service_name}",
+            opts=child,
+        )
+        runtime_member = self.runtime_account.email.apply(lambda e: f"serviceAccount:{e}")
+        grants: list[pulumi.Resource] = []
+        for env_name, secret in sorted(args.secret_env.items()):
+            grants.append(
+                gcp.secretmanager.SecretIamMember(
+                    f"{name}-reads-{env_name.lower().replace('_', '-')}",
+                    project=args.project_id,
+                    secret_id=secret,
+                    role="roles/secretmanager.secretAccessor",
+                    member=runtime_member,
+                    opts=child,
+                )
+            )
+        buckets = [b for b in (args.model_bucket, args.reads_bucket) if b is not None]
+        for index, bucket in enumerate(buckets):
+            grants.append(
+                gcp.storage.BucketIAMMember(
+                    f"{name}-model-reader" + (f"-{index}" if index else ""),
+                    bucket=bucket,
+                    role="roles/storage.objectViewer",
+                    member=runtime_member,
+                    opts=child,
+                )
+            )
+
+        envs = [
+            gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=key, value=value)
+            for key, value in sorted(args.env.items())
+        ] + [
+            gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
+                name=key,
+                value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
+                    secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
+                        secret=secret, version="latest"
+                    )
+                ),
+            )
+            for key, secret in sorted(args.secret_env.items())
+        ]
+        probe = args.startup_probe
+        volumes: list[gcp.cloudrunv2.ServiceTemplateVolumeArgs] = []
+        mounts: list[gcp.cloudrunv2.ServiceTemplateContainerVolumeMountArgs] = []
+        if args.model_bucket is not None:
+            volumes.append(
+                gcp.cloudrunv2.ServiceTemplateVolumeArgs(
+                    name="model",
+                    gcs=gcp.cloudrunv2.ServiceTemplateVolumeGcsArgs(
+                        bucket=args.model_bucket, read_only=True
+                    ),
+                )
+            )
+            mounts.append(
+                gcp.cloudrunv2.ServiceTemplateContainerVolumeMountArgs(
+                    name="model", mount_path=MODEL_MOUNT
+                )
+            )
+        labels: dict[str, str] = {"gemma-stack-flavour": args.flavour}
+        if args.public:
+            # Lets policy checks tell a deliberate public service from an accident.
+            labels["gemma-stack-public"] = "true"
+
+        self.service = gcp.cloudrunv2.Service(
+            f"{name}-service",
+            name=service_name,
+            project=args.project_id,
+            location=args.region,
+            ingress=args.ingress,
+            deletion_protection=args.deletion_protection,
+            labels=labels,
+            template=gcp.cloudrunv2.ServiceTemplateArgs(
+                service_account=self.runtime_account.email,
+                execution_environment="EXECUTION_ENVIRONMENT_GEN2",
+                gpu_zonal_redundancy_disabled=args.gpu_zonal_redundancy_disabled,
+                node_selector=gcp.cloudrunv2.ServiceTemplateNodeSelectorArgs(accelerator=L4),
+                max_instance_request_concurrency=args.concurrency,
+                timeout=f"{args.timeout_seconds}s",
+                scaling=gcp.cloudrunv2.ServiceTemplateScalingArgs(
+                    min_instance_count=args.min_instances,
+                    max_instance_count=args.max_instances,
+                ),
+                labels=labels,
+                volumes=volumes or None,
+                containers=[
+                    gcp.cloudrunv2.ServiceTemplateContainerArgs(
+                        name="model-server",
+                        image=args.image,
+                        args=list(args.args) or None,
+                        envs=envs or None,
+                        ports=gcp.cloudrunv2.ServiceTemplateContainerPortsArgs(
+                            name="http1", container_port=args.container_port
+                        ),
+                        resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
+                            limits={
+                                "cpu": args.cpu,
+                                "memory": args.memory,
+                                "nvidia.com/gpu": "1",
+                            },
+                            # GPU instances must keep their CPU between requests.
+                            cpu_idle=False,
+                            startup_cpu_boost=args.startup_cpu_boost,
+                        ),
+                        startup_probe=_startup_probe(probe, args.container_port),
+                        volume_mounts=mounts or None,
+                    )
+                ],
+            ),
+            # Cloud Run checks secret access when it creates the revision.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *grants]),
+        )
+
+        self.invoker_bindings: list[gcp.cloudrunv2.ServiceIamMember] = [
+            self._invoker(name, label, member, args)
+            for label, member in sorted(args.invokers.items())
+        ]
+        if args.public:
+            pulumi.log.warn(
+                f"Cloud Run service {service_name!r} is PUBLIC: allUsers may call it and spend "
+                "its GPU hours. Set public to false unless that is what you want.",
+                resource=self,
+            )
+            self.invoker_bindings.append(self._invoker(name, "public", "allUsers", args))
+
+        self.uri = self.service.uri
+        self.service_name = self.service.name
+        self.location = args.region
+        self.runtime_service_account_email = self.runtime_account.email
+        self.api_kind = args.api_kind
+        self.model_name = args.model_name
+        self.curl_example = _curl_example(self.uri, args)
+        self.register_outputs(
+            {
+                "uri": self.uri,
+                "serviceName": self.service_name,
+                "runtimeServiceAccountEmail": self.runtime_service_account_email,
+                "apiKind": self.api_kind,
+                "modelName": self.model_name,
+            }
+        )
+
+    def _invoker(
+        self, name: str, label: str, member: pulumi.Input[str], args: CloudRunGpuServiceArgs
+    ) -> gcp.cloudrunv2.ServiceIamMember:
+        return gcp.cloudrunv2.ServiceIamMember(
+            f"{name}-invoker-{label}",
+            project=args.project_id,
+            location=args.region,
+            name=self.service.name,
+            role="roles/run.invoker",
+            member=member,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+
+def _startup_probe(
+    probe: StartupProbe, port: int
+) -> gcp.cloudrunv2.ServiceTemplateContainerStartupProbeArgs:
+    run = gcp.cloudrunv2
+    return run.ServiceTemplateContainerStartupProbeArgs(
+        initial_delay_seconds=probe.initial_delay_seconds,
+        period_seconds=probe.period_seconds,
+        timeout_seconds=probe.timeout_seconds,
+        failure_threshold=probe.failure_threshold,
+        http_get=(
+            run.ServiceTemplateContainerStartupProbeHttpGetArgs(path=probe.path, port=port)
+            if probe.path
+            else None
+        ),
+        tcp_socket=(
+            None if probe.path else run.ServiceTemplateContainerStartupProbeTcpSocketArgs(port=port)
+        ),
+    )
+
+
+def _account_id(service_name: str) -> str:
+    account = f"{service_name[:26].rstrip('-')}-run"
+    if len(account) < 6:
+        account = f"gemma-{account}"
+    if not _ACCOUNT_ID.match(account):
+        raise ValueError(
+            f"cannot derive a service account id from {service_name!r}; use a service name of "
+            "lowercase letters, digits and hyphens."
+        )
+    return account
+
+
+def _curl_example(uri: pulumi.Output[str], args: CloudRunGpuServiceArgs) -> pulumi.Output[str]:
+    auth = 'curl -sS -H "Authorization: Bearer $(gcloud auth print-identity-token)" '
+    auth += "-H 'Content-Type: application/json' "
+    if args.api_kind == "gemini":
+        body = '{"contents":[{"role":"user","parts":[{"text":"Hello"}]}]}'
+        return pulumi.Output.format(
+            "{0}{1}/v1beta/models/{2}:generateContent -d '{3}'", auth, uri, args.model_name, body
+        )
+    body = (
+        f'{{"model":"{args.model_name}","messages":[{{"role":"user","content":"Hello"}}],'
+        '"max_tokens":64}'
+    )
+    return pulumi.Output.format("{0}{1}/v1/chat/completions -d '{2}'", auth, uri, body)

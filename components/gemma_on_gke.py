@@ -1,0 +1,392 @@
+"""Gemma 3 behind vLLM's OpenAI-compatible server on GKE Autopilot L4 GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as kubernetes
+
+# A tag we have read the flags of; upgrading vLLM is a deliberate change.
+VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
+VLLM_PORT = 8000
+L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+# Autopilot offers L4 pods with these GPU counts only.
+AUTOPILOT_L4_COUNTS = (1, 2, 4, 8)
+# Probes start once the container runs (image pull and GPU node provisioning do not count):
+# 360 x 10 s = 60 min for the weight download and the engine's load and warm-up.
+STARTUP_PERIOD_S = 10
+STARTUP_FAILURE_THRESHOLD = 360
+# Must outlast Autopilot's 10-15 min GPU node provisioning plus the image pull.
+PROGRESS_DEADLINE_S = 1800
+# The vLLM image runs as root by default; it works as any uid once HOME and caches point
+# at writable volumes, so we run it as this unprivileged uid.
+RUN_AS_UID = 1000
+MODEL_MOUNT = "/models"
+CACHE_MOUNT = "/cache"
+# Tells the Pulumi Kubernetes provider not to wait for readiness (GPUs may take hours).
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
+@dataclass(frozen=True)
+class PodResources:
+    """CPU, memory and local disk for one vLLM pod (Autopilot sets limits to requests)."""
+
+    cpu: str
+    memory: str
+    ephemeral_storage: str
+
+
+# Sized for Autopilot's L4 shapes: disk holds the HF download plus vLLM's compile caches,
+# memory holds the weights while they stream to the GPUs.
+POD_RESOURCES = {
+    "1b": PodResources(cpu="4", memory="16Gi", ephemeral_storage="20Gi"),
+    "4b": PodResources(cpu="4", memory="24Gi", ephemeral_storage="40Gi"),
+    "12b": PodResources(cpu="8", memory="48Gi", ephemeral_storage="64Gi"),
+    "27b": PodResources(cpu="16", memory="96Gi", ephemeral_storage="100Gi"),
+}
+
+
+def pod_resources_for(variant: str) -> PodResources:
+    """The pod sizing for a Gemma 3 variant (`1b`, `4b`, `12b`, `27b`)."""
+    try:
+        return POD_RESOURCES[variant]
+    except KeyError:
+        raise ValueError(
+            f"unknown Gemma 3 variant {variant!r}; choose one of {sorted(POD_RESOURCES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class GemmaOnGkeArgs:
+    """Resolved settings for one vLLM Deployment and its Service.
+
+    `model_id` is the Hugging Face id and the name clients send as `model`. With
+    `gcs_bucket` set, weights come read-only from `gs://gcs_bucket/gcs_path` through the
+    Cloud Storage FUSE CSI driver instead of the Hub, and no token is needed.
+    """
+
+    namespace: pulumi.Input[str]
+    k8s_provider: pulumi.ProviderResource
+    model_id: str
+    gpu_count: int
+    tensor_parallel: int
+    max_model_len: int
+    max_num_seqs: int
+    resources: PodResources
+    # The pod's own Kubernetes service account (from WorkloadIdentity) and its IAM principal.
+    ksa_name: pulumi.Input[str]
+    ksa_principal: pulumi.Input[str]
+    # A secret Output, e.g. gcp.secretmanager.get_secret_version_output(...).secret_data.
+    hf_token: pulumi.Input[str] | None = None
+    gcs_bucket: pulumi.Input[str] | None = None
+    gcs_path: str = ""
+    served_model_name: str | None = None
+    image: str = VLLM_IMAGE
+    gpu_memory_utilization: float = 0.90
+    service_name: str = "gemma-service"
+    hf_secret_name: str = "hf-secret"  # noqa: S105 - a Secret's name, not its value
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+    def validate(self, name: str) -> None:
+        """Refuse combinations vLLM or Autopilot would reject, before any resource exists."""
+        where = f"GemmaOnGke {name!r}"
+        if self.gpu_count not in AUTOPILOT_L4_COUNTS:
+            raise ValueError(
+                f"{where}: gpu_count {self.gpu_count} is not an Autopilot L4 shape; "
+                f"use one of {list(AUTOPILOT_L4_COUNTS)}."
+            )
+        if self.tensor_parallel != self.gpu_count:
+            raise ValueError(
+                f"{where}: tensor_parallel ({self.tensor_parallel}) must equal gpu_count "
+                f"({self.gpu_count}); vLLM on one pod uses exactly tensor_parallel GPUs, "
+                "so other values either fail or leave L4s idle."
+            )
+        if not 512 <= self.max_model_len <= 131072:
+            raise ValueError(
+                f"{where}: max_model_len {self.max_model_len} is outside 512..131072; "
+                "Gemma 3's 128K default exhausts an L4's KV cache, e.g. use 8192 or 16384."
+            )
+        if self.max_num_seqs < 1:
+            raise ValueError(f"{where}: max_num_seqs must be at least 1.")
+        if not 0.1 <= self.gpu_memory_utilization <= 0.95:
+            raise ValueError(f"{where}: gpu_memory_utilization must be within 0.1..0.95.")
+        if self.gcs_bucket is None and self.hf_token is None:
+            raise ValueError(
+                f"{where}: serving {self.model_id!r} from Hugging Face needs hf_token "
+                "(Gemma is gated); set `pulumi config set --secret hfToken ...` "
+                "or serve a model folder from a GCS bucket."
+            )
+        if self.gcs_bucket is not None and (
+            self.gcs_path.startswith(("gs://", "/")) or ".." in self.gcs_path.split("/")
+        ):
+            raise ValueError(
+                f"{where}: gcs_path {self.gcs_path!r} must be a folder inside the bucket, "
+                "e.g. 'models/gemma-3-1b-sql' (no gs:// prefix, no leading slash)."
+            )
+        if not self.model_id:
+            raise ValueError(f"{where}: model_id must not be empty.")
+
+
+class GemmaOnGke(pulumi.ComponentResource):
+    """vLLM serving Gemma 3 on Autopilot L4s, reachable in-cluster on port 8000."""
+
+    deployment: kubernetes.apps.v1.Deployment
+    service: kubernetes.core.v1.Service
+    service_name: pulumi.Output[str]
+    url: pulumi.Output[str]
+    served_model_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: GemmaOnGkeArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gemma-stack:gke:GemmaOnGke", name, None, opts)
+        args.validate(name)
+        k8s_opts = pulumi.ResourceOptions(
+            parent=self, provider=args.k8s_provider, depends_on=list(args.depends_on)
+        )
+        labels = {
+            "app.kubernetes.io/name": args.service_name,
+            "app.kubernetes.io/component": "model-server",
+            "app.kubernetes.io/part-of": "gemma-stack",
+        }
+        served = args.served_model_name or args.model_id
+        env = [
+            kubernetes.core.v1.EnvVarArgs(name="HOME", value=CACHE_MOUNT),
+            kubernetes.core.v1.EnvVarArgs(name="XDG_CACHE_HOME", value=CACHE_MOUNT),
+            kubernetes.core.v1.EnvVarArgs(name="HF_HOME", value=f"{CACHE_MOUNT}/huggingface"),
+            kubernetes.core.v1.EnvVarArgs(name="VLLM_CACHE_ROOT", value=f"{CACHE_MOUNT}/vllm"),
+            kubernetes.core.v1.EnvVarArgs(name="TRITON_CACHE_DIR", value=f"{CACHE_MOUNT}/triton"),
+            # torch's compile cache calls getpass.getuser(), which fails for a uid with no
+            # passwd entry unless USER is set.
+            kubernetes.core.v1.EnvVarArgs(name="USER", value="vllm"),
+            kubernetes.core.v1.EnvVarArgs(name="VLLM_NO_USAGE_STATS", value="1"),
+            kubernetes.core.v1.EnvVarArgs(name="DO_NOT_TRACK", value="1"),
+        ]
+        volumes: list[kubernetes.core.v1.VolumeArgs] = [
+            kubernetes.core.v1.VolumeArgs(
+                name="cache",
+                empty_dir=kubernetes.core.v1.EmptyDirVolumeSourceArgs(
+                    size_limit=args.resources.ephemeral_storage
+                ),
+            ),
+            kubernetes.core.v1.VolumeArgs(
+                name="tmp",
+                empty_dir=kubernetes.core.v1.EmptyDirVolumeSourceArgs(size_limit="4Gi"),
+            ),
+        ]
+        mounts = [
+            kubernetes.core.v1.VolumeMountArgs(name="cache", mount_path=CACHE_MOUNT),
+            kubernetes.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),  # noqa: S108
+        ]
+        pod_annotations: dict[str, str] = {}
+
+        self.hf_secret: kubernetes.core.v1.Secret | None = None
+        if args.hf_token is not None:
+            self.hf_secret = kubernetes.core.v1.Secret(
+                f"{name}-hf-token",
+                metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                    name=args.hf_secret_name, namespace=args.namespace, labels=labels
+                ),
+                type="Opaque",
+                string_data={"hf_api_token": pulumi.Output.secret(args.hf_token)},
+                opts=k8s_opts,
+            )
+            env.append(
+                kubernetes.core.v1.EnvVarArgs(
+                    name="HF_TOKEN",
+                    value_from=kubernetes.core.v1.EnvVarSourceArgs(
+                        secret_key_ref=kubernetes.core.v1.SecretKeySelectorArgs(
+                            name=self.hf_secret.metadata.apply(
+                                lambda m: m.name or args.hf_secret_name
+                            ),
+                            key="hf_api_token",
+                        )
+                    ),
+                )
+            )
+
+        self.bucket_reader: gcp.storage.BucketIAMMember | None = None
+        if args.gcs_bucket is not None:
+            model_arg = f"{MODEL_MOUNT}/{args.gcs_path}".rstrip("/")
+            # Read on this one bucket only; the FUSE sidecar authenticates as the pod's KSA.
+            self.bucket_reader = gcp.storage.BucketIAMMember(
+                f"{name}-model-reader",
+                bucket=args.gcs_bucket,
+                role="roles/storage.objectViewer",
+                member=args.ksa_principal,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            )
+            pod_annotations["gke-gcsfuse/volumes"] = "true"
+            volumes.append(
+                kubernetes.core.v1.VolumeArgs(
+                    name="model",
+                    csi=kubernetes.core.v1.CSIVolumeSourceArgs(
+                        driver="gcsfuse.csi.storage.gke.io",
+                        read_only=True,
+                        volume_attributes={
+                            "bucketName": args.gcs_bucket,
+                            "mountOptions": "implicit-dirs",
+                        },
+                    ),
+                )
+            )
+            mounts.append(
+                kubernetes.core.v1.VolumeMountArgs(
+                    name="model", mount_path=MODEL_MOUNT, read_only=True
+                )
+            )
+            env.append(kubernetes.core.v1.EnvVarArgs(name="HF_HUB_OFFLINE", value="1"))
+        else:
+            model_arg = args.model_id
+
+        if args.tensor_parallel > 1:
+            # NCCL exchanges tensors between the L4s through /dev/shm; the runtime's 64 MiB
+            # default is far too small.
+            volumes.append(
+                kubernetes.core.v1.VolumeArgs(
+                    name="dshm",
+                    empty_dir=kubernetes.core.v1.EmptyDirVolumeSourceArgs(
+                        medium="Memory", size_limit="2Gi"
+                    ),
+                )
+            )
+            mounts.append(
+                kubernetes.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm")  # noqa: S108
+            )
+
+        vllm_args = [
+            f"--model={model_arg}",
+            f"--served-model-name={served}",
+            f"--tensor-parallel-size={args.tensor_parallel}",
+            f"--max-model-len={args.max_model_len}",
+            f"--max-num-seqs={args.max_num_seqs}",
+            f"--gpu-memory-utilization={args.gpu_memory_utilization:.2f}",
+            "--host=0.0.0.0",
+            f"--port={VLLM_PORT}",
+        ]
+        limits = {
+            "cpu": args.resources.cpu,
+            "memory": args.resources.memory,
+            "ephemeral-storage": args.resources.ephemeral_storage,
+            "nvidia.com/gpu": str(args.gpu_count),
+        }
+        health = kubernetes.core.v1.HTTPGetActionArgs(path="/health", port="http")
+        container = kubernetes.core.v1.ContainerArgs(
+            name="vllm",
+            image=args.image,
+            args=vllm_args,
+            env=env,
+            ports=[
+                kubernetes.core.v1.ContainerPortArgs(
+                    name="http", container_port=VLLM_PORT, protocol="TCP"
+                )
+            ],
+            resources=kubernetes.core.v1.ResourceRequirementsArgs(
+                requests=dict(limits), limits=dict(limits)
+            ),
+            startup_probe=kubernetes.core.v1.ProbeArgs(
+                http_get=health,
+                period_seconds=STARTUP_PERIOD_S,
+                timeout_seconds=5,
+                failure_threshold=STARTUP_FAILURE_THRESHOLD,
+            ),
+            readiness_probe=kubernetes.core.v1.ProbeArgs(
+                http_get=health, period_seconds=10, timeout_seconds=5, failure_threshold=3
+            ),
+            liveness_probe=kubernetes.core.v1.ProbeArgs(
+                http_get=health, period_seconds=30, timeout_seconds=10, failure_threshold=5
+            ),
+            security_context=kubernetes.core.v1.SecurityContextArgs(
+                allow_privilege_escalation=False,
+                privileged=False,
+                read_only_root_filesystem=True,
+                run_as_non_root=True,
+                run_as_user=RUN_AS_UID,
+                run_as_group=RUN_AS_UID,
+                capabilities=kubernetes.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+            ),
+            volume_mounts=mounts,
+            image_pull_policy="IfNotPresent",
+        )
+        self.deployment = kubernetes.apps.v1.Deployment(
+            f"{name}-vllm",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=args.service_name,
+                namespace=args.namespace,
+                labels=labels,
+                annotations=dict(SKIP_AWAIT),
+            ),
+            spec=kubernetes.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                # A rolling update would need a second set of L4s that may not exist.
+                strategy=kubernetes.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                progress_deadline_seconds=PROGRESS_DEADLINE_S,
+                selector=kubernetes.meta.v1.LabelSelectorArgs(match_labels=labels),
+                template=kubernetes.core.v1.PodTemplateSpecArgs(
+                    metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                        labels=labels, annotations=pod_annotations or None
+                    ),
+                    spec=kubernetes.core.v1.PodSpecArgs(
+                        service_account_name=args.ksa_name,
+                        automount_service_account_token=False,
+                        node_selector=dict(L4_SELECTOR),
+                        security_context=kubernetes.core.v1.PodSecurityContextArgs(
+                            run_as_non_root=True,
+                            run_as_user=RUN_AS_UID,
+                            run_as_group=RUN_AS_UID,
+                            fs_group=RUN_AS_UID,
+                            seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(
+                                type="RuntimeDefault"
+                            ),
+                        ),
+                        termination_grace_period_seconds=60,
+                        containers=[container],
+                        volumes=volumes,
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions.merge(
+                k8s_opts,
+                pulumi.ResourceOptions(
+                    depends_on=[r for r in (self.hf_secret, self.bucket_reader) if r]
+                ),
+            ),
+        )
+        self.service = kubernetes.core.v1.Service(
+            f"{name}-service",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=args.service_name,
+                namespace=args.namespace,
+                labels=labels,
+                # Service await waits for endpoints, which never appear while GPUs are Pending.
+                annotations=dict(SKIP_AWAIT),
+            ),
+            spec=kubernetes.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=labels,
+                ports=[
+                    kubernetes.core.v1.ServicePortArgs(
+                        name="http", port=VLLM_PORT, target_port="http", protocol="TCP"
+                    )
+                ],
+            ),
+            opts=k8s_opts,
+        )
+        self.service_name = self.service.metadata.apply(lambda m: m.name or args.service_name)
+        self.url = pulumi.Output.format(
+            "http://{0}.{1}.svc.cluster.local:{2}/v1",
+            self.service_name,
+            args.namespace,
+            VLLM_PORT,
+        )
+        self.served_model_name = pulumi.Output.from_input(served)
+        self.register_outputs(
+            {
+                "serviceName": self.service_name,
+                "url": self.url,
+                "servedModelName": self.served_model_name,
+            }
+        )
