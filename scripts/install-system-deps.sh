@@ -57,13 +57,14 @@ apt_packages=()
 java_ok || apt_packages+=(openjdk-17-jre-headless)
 need_emulator=0
 firestore_emulator_ok || need_emulator=1
-need_chromium=0
 if [ "$purpose" = test ] && ! chromium_ok; then
-  need_chromium=1
   apt_packages+=(chromium)
 fi
 
-if [ "${#apt_packages[@]}" -eq 0 ] && [ "$need_emulator" -eq 0 ]; then
+missing=("${apt_packages[@]}")
+[ "$need_emulator" -eq 1 ] && missing+=(firestore-emulator)
+
+if [ "${#missing[@]}" -eq 0 ]; then
   if [ "$purpose" = test ]; then
     say "Java, the Firestore emulator and Chromium are present"
   else
@@ -73,7 +74,7 @@ if [ "${#apt_packages[@]}" -eq 0 ] && [ "$need_emulator" -eq 0 ]; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  say "missing: ${apt_packages[*]:-} $([ "$need_emulator" -eq 1 ] && echo firestore-emulator)" >&2
+  say "missing: ${missing[*]}" >&2
   say "this script installs them with apt-get (Debian/Ubuntu); install them by hand here." >&2
   [ "$need_emulator" -eq 1 ] && gcloud_install_help
   exit 1
@@ -91,7 +92,7 @@ apt_install() {
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
 }
 
-say "updating the package index (installing: ${apt_packages[*]:-} $([ "$need_emulator" -eq 1 ] && echo firestore-emulator))"
+say "missing: ${missing[*]}; updating the package index"
 "${sudo_cmd[@]}" apt-get update -qq
 
 if [ "$need_emulator" -eq 1 ]; then

@@ -1,0 +1,547 @@
+"""Runs the whole product on this machine, offline: Firestore emulator, inference app and chat app.
+
+`make demo` calls `python -m devtools.demo`. It builds a tiny random-weight Gemma 3 once (or serves
+the model named by `--model-uri` / `MODEL_URI`), starts the three servers on 127.0.0.1, waits until
+each is healthy, prints one URL, and on Ctrl-C or SIGTERM stops every process it started.
+
+Settings (flag, else environment variable, else default):
+  --model-uri        MODEL_URI              the offline demo model built under DEMO_HOME
+  --port             DEMO_CHAT_PORT         7860
+  --inference-port   DEMO_INFERENCE_PORT    8080
+  --firestore-port   DEMO_FIRESTORE_PORT    8081
+  --home             DEMO_HOME              .demo (cached model, Firestore data, logs)
+A busy port is replaced by the next free one, and the demo says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from devtools.firestore_emulator import FirestoreEmulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+OFFLINE_MODEL_NAME = "offline-demo-gemma3"
+OFFLINE_MODEL_LABEL = "Offline demo model (random weights: replies are gibberish)"
+# The firestore client needs a project id; a `demo-` project never reaches a real Google project.
+OFFLINE_PROJECT = "demo-gemma-stack"
+
+EMULATOR_READY_TIMEOUT_S = 90.0
+MODEL_BUILD_TIMEOUT_S = 300.0
+# A real model may have to download gigabytes first; the offline one loads in seconds.
+OFFLINE_MODEL_READY_TIMEOUT_S = 300.0
+REAL_MODEL_READY_TIMEOUT_S = 3600.0
+CHAT_READY_TIMEOUT_S = 180.0
+STOP_GRACE_S = 10.0
+PROGRESS_EVERY_S = 15.0
+PORT_SEARCH_SPAN = 50
+
+
+class DemoError(Exception):
+    """A problem that stops the demo, with a message the user can act on."""
+
+
+class StopRequested(Exception):  # noqa: N818 - it is a request, not an error
+    """Raised by the signal handler when the user (or a supervisor) asks the demo to stop."""
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What to run and where, after flags and environment variables are merged."""
+
+    home: Path
+    chat_port: int
+    inference_port: int
+    firestore_port: int
+    model_uri: str | None
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def offline_model_dir(self) -> Path:
+        return self.home / "models" / "tiny-gemma3"
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
+) -> DemoSettings:
+    def port_default(name: str, default: int) -> int:
+        raw = env.get(name, "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise DemoError(f"{name}={raw!r} is not a port number (1-65535)")
+        return int(raw)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.demo",
+        description="Run the chat app, the inference app and a local Firestore on this machine.",
+    )
+    parser.add_argument(
+        "--model-uri",
+        default=env.get("MODEL_URI") or None,
+        help="gs://bucket/path, a local model folder, or a Hugging Face id "
+        "(default: an offline demo model with random weights)",
+    )
+    parser.add_argument("--port", type=int, default=port_default("DEMO_CHAT_PORT", 7860))
+    parser.add_argument(
+        "--inference-port", type=int, default=port_default("DEMO_INFERENCE_PORT", 8080)
+    )
+    parser.add_argument(
+        "--firestore-port", type=int, default=port_default("DEMO_FIRESTORE_PORT", 8081)
+    )
+    parser.add_argument("--home", type=Path, default=Path(env.get("DEMO_HOME") or ".demo"))
+    args = parser.parse_args(argv)
+    home = args.home if args.home.is_absolute() else REPO_ROOT / args.home
+    return DemoSettings(
+        home=home,
+        chat_port=args.port,
+        inference_port=args.inference_port,
+        firestore_port=args.firestore_port,
+        model_uri=args.model_uri,
+    )
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(wanted: int, what: str, taken: set[int]) -> int:
+    """Return `wanted` if it is free, else the next free port above it (and say so)."""
+    for port in range(wanted, min(wanted + PORT_SEARCH_SPAN, 65536)):
+        if port not in taken and port_is_free(port):
+            if port != wanted:
+                say(f"port {wanted} ({what}) is busy; using {port} instead")
+            taken.add(port)
+            return port
+    raise DemoError(
+        f"ports {wanted}-{wanted + PORT_SEARCH_SPAN - 1} are all busy; "
+        f"choose another start port for the {what}"
+    )
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class ChildProcess:
+    """One server the demo started, in a process group of its own so it can be stopped whole."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(
+        cls, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    ) -> ChildProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=REPO_ROOT,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Ctrl-C reaches only the demo; it then stops each group, grandchildren included.
+                start_new_session=True,
+            )
+        return cls(name=name, popen=popen, log_path=log_path)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.popen.poll()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            with self.log_path.open(encoding="utf-8", errors="replace") as log:
+                return "".join(deque(log, maxlen=lines)).rstrip()
+        except OSError:
+            return "(no log)"
+
+    def crash_report(self) -> str:
+        tail = "\n".join(f"    {line}" for line in self.log_tail().splitlines())
+        return (
+            f"{self.name} exited with code {self.exit_code}. "
+            f"Last lines of {display_path(self.log_path)}:\n{tail}"
+        )
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_children(
+    children: Sequence[ChildProcess], meanwhile: Callable[[], None] = lambda: None
+) -> None:
+    """SIGTERM every child's group, run `meanwhile`, wait a grace period, then SIGKILL the rest.
+
+    Processes are listed before any signal, so a grandchild that moved to its own group (or
+    whose parent exits first) is still found and stopped.
+    """
+    tree = [proc for child in children for proc in process_tree(child.popen.pid)]
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.popen.pid, signal.SIGTERM)
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    meanwhile()
+    _gone, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
+    for proc in alive:
+        say(f"process {proc.pid} ignored SIGTERM for {STOP_GRACE_S:.0f} s; killing it")
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.popen.pid, signal.SIGKILL)
+        child.popen.wait()
+
+
+class Demo:
+    """Starts the three servers, watches them, and stops them all when done."""
+
+    def __init__(self, settings: DemoSettings) -> None:
+        self.settings = settings
+        self.children: list[ChildProcess] = []
+        self.emulator: FirestoreEmulator | None = None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, _raise_stop)
+        try:
+            self._start_everything()
+            self._supervise()
+        except StopRequested:
+            print(flush=True)
+            say("stopping…")
+            return 130
+        except DemoError as err:
+            say(f"error: {err}")
+            return 1
+        finally:
+            # A second Ctrl-C must not interrupt the cleanup and leave orphans behind.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            self._stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _start_everything(self) -> None:
+        settings = self.settings
+        taken: set[int] = set()
+        chat_port = pick_port(settings.chat_port, "chat app", taken)
+        inference_port = pick_port(settings.inference_port, "inference app", taken)
+        firestore_port = pick_port(settings.firestore_port, "Firestore emulator", taken)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        say(f"logs go to {display_path(settings.logs_dir)}/")
+
+        gemini, project, why_no_gemini = gemini_backend()
+        backends = [self._gemma_backend(inference_port)]
+        if gemini is not None:
+            backends.append(gemini)
+            say(f"Gemini on Vertex AI is offered (project {project}, from your Google credentials)")
+        else:
+            say(f"Gemini is not offered: {why_no_gemini}")
+        ensure_firestore_emulator()
+
+        # Slow starts overlap: the chat app imports Gradio and the model builds while the
+        # emulator's JVM boots; the inference app needs the model, so it starts last.
+        chat = self._start(
+            "chat app",
+            [sys.executable, "-m", "app.chat"],
+            {
+                "CHAT_BACKENDS": json.dumps(backends),
+                "GOOGLE_CLOUD_PROJECT": project,
+                "FIRESTORE_EMULATOR_HOST": f"{HOST}:{firestore_port}",
+                "HOST": HOST,
+                "PORT": str(chat_port),
+                "AUTH_MODE": "none",
+                "GRADIO_ANALYTICS_ENABLED": "False",
+            },
+            "chat.log",
+        )
+        model_build = None if settings.model_uri else self._start_offline_model_build()
+        self._start_firestore(firestore_port, project)
+        model_uri = settings.model_uri or str(self._finish_offline_model(model_build))
+        inference = self._start(
+            "inference app",
+            [sys.executable, "-m", "app.inference"],
+            self._inference_env(model_uri, inference_port),
+            "inference.log",
+        )
+        say(f"inference app is loading {settings.model_uri or 'the offline demo model'}")
+        model_timeout = (
+            REAL_MODEL_READY_TIMEOUT_S if settings.model_uri else OFFLINE_MODEL_READY_TIMEOUT_S
+        )
+        self._wait_healthy(inference, f"http://{HOST}:{inference_port}/health", model_timeout)
+        self._wait_healthy(chat, f"http://{HOST}:{chat_port}/healthz", CHAT_READY_TIMEOUT_S)
+
+        url = f"http://{HOST}:{chat_port}"
+        print(f"\n  Open {url} in your browser. Ctrl-C stops the demo.\n", flush=True)
+
+    def _supervise(self) -> None:
+        while True:
+            self._raise_if_crashed()
+            time.sleep(0.5)
+
+    def _stop(self) -> None:
+        names = [child.name for child in self.children]
+        if self.emulator is not None:
+            names.append("Firestore emulator")
+        if not names:
+            return
+        say(f"stopping {', '.join(names)}")
+        emulator = self.emulator
+        # The emulator's stop() waits for gcloud and its JVM; the apps shut down meanwhile.
+        stop_children(self.children, meanwhile=emulator.stop if emulator else lambda: None)
+        say("stopped; no process left running")
+
+    # -- the pieces ----------------------------------------------------------------------------
+
+    def _start(
+        self, name: str, argv: Sequence[str], extra_env: Mapping[str, str], log_name: str
+    ) -> ChildProcess:
+        child = ChildProcess.start(
+            name, argv, {**os.environ, **extra_env}, self.settings.logs_dir / log_name
+        )
+        self.children.append(child)
+        say(f"started {name} (pid {child.popen.pid}, log {display_path(child.log_path)})")
+        return child
+
+    def _start_firestore(self, port: int, project: str) -> None:
+        say(f"starting the Firestore emulator on port {port}")
+        self.emulator = FirestoreEmulator(
+            port=port, host=HOST, project=project, start_timeout_s=EMULATOR_READY_TIMEOUT_S
+        )
+        started = time.monotonic()
+        try:
+            self.emulator.start()
+        except (RuntimeError, TimeoutError) as err:
+            raise DemoError(str(err)) from err
+        say(f"Firestore emulator is ready ({time.monotonic() - started:.1f} s)")
+
+    def _start_offline_model_build(self) -> ChildProcess | None:
+        """Start building the tiny random-weight Gemma 3, unless an earlier run built it."""
+        target = self.settings.offline_model_dir
+        if (target / "config.json").is_file():
+            say(f"reusing the offline demo model in {display_path(target)}")
+            return None
+        partial = self._partial_model_dir()
+        if partial.exists():
+            shutil.rmtree(partial)
+        say(f"building the offline demo model (random weights) in {display_path(target)}")
+        return self._start(
+            "model build",
+            [sys.executable, "-m", "app.inference.tiny_model", str(partial)],
+            {},
+            "model-build.log",
+        )
+
+    def _finish_offline_model(self, build: ChildProcess | None) -> Path:
+        target = self.settings.offline_model_dir
+        if build is None:
+            return target
+        self._wait_for(
+            "the offline demo model",
+            lambda: build.exit_code is not None,
+            MODEL_BUILD_TIMEOUT_S,
+            watch=[c for c in self.children if c is not build],
+        )
+        self.children.remove(build)
+        partial = self._partial_model_dir()
+        if build.exit_code != 0 or not (partial / "config.json").is_file():
+            raise DemoError(f"could not build the offline demo model. {build.crash_report()}")
+        # Renaming only a complete folder means an interrupted build is never reused.
+        partial.rename(target)
+        say(f"offline demo model built ({build.elapsed():.1f} s)")
+        return target
+
+    def _partial_model_dir(self) -> Path:
+        target = self.settings.offline_model_dir
+        return target.with_name(f"{target.name}.partial")
+
+    def _inference_env(self, model_uri: str, port: int) -> dict[str, str]:
+        env = {
+            "MODEL_URI": model_uri,
+            "HOST": HOST,
+            "PORT": str(port),
+            "SERVED_MODEL_NAME": served_model_name(self.settings.model_uri),
+            "MODEL_CACHE_DIR": str(self.settings.home / "model-cache"),
+        }
+        if self.settings.model_uri is None:
+            # The offline model is complete on disk; never let a library reach for the network.
+            env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        return env
+
+    def _gemma_backend(self, inference_port: int) -> dict[str, Any]:
+        uri = self.settings.model_uri
+        label = OFFLINE_MODEL_LABEL if uri is None else f"Gemma: {served_model_name(uri)} (local)"
+        return {
+            "id": "local-gemma",
+            "label": label,
+            "kind": "openai",
+            "model": served_model_name(uri),
+            "base_url": f"http://{HOST}:{inference_port}/v1",
+            "auth": "none",
+        }
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def _wait_healthy(self, child: ChildProcess, url: str, timeout: float) -> None:
+        self._wait_for(child.name, lambda: http_ok(url), timeout, watch=self.children)
+        say(f"{child.name} is ready ({child.elapsed():.1f} s)")
+
+    def _wait_for(
+        self, what: str, done: Callable[[], bool], timeout: float, watch: Sequence[ChildProcess]
+    ) -> None:
+        started = time.monotonic()
+        next_note = started + PROGRESS_EVERY_S
+        while not done():
+            for child in watch:
+                if child.exit_code is not None:
+                    raise DemoError(child.crash_report())
+            now = time.monotonic()
+            if now - started > timeout:
+                raise DemoError(f"{what} was not ready after {timeout:.0f} s; see the logs above")
+            if now >= next_note:
+                say(f"still waiting for {what} ({now - started:.0f} s)")
+                next_note = now + PROGRESS_EVERY_S
+            time.sleep(0.25)
+
+    def _raise_if_crashed(self) -> None:
+        for child in self.children:
+            if child.exit_code is not None:
+                raise DemoError(child.crash_report())
+        if self.emulator is not None and not self.emulator.running:
+            raise DemoError("the Firestore emulator stopped unexpectedly; start the demo again")
+
+
+def ensure_firestore_emulator() -> None:
+    """Install Java and the emulator with the project's script when either is missing."""
+    gcloud = shutil.which("gcloud")
+    sdk_root = Path(gcloud).resolve().parent.parent if gcloud else None
+    if (
+        sdk_root is not None
+        and (sdk_root / "platform" / "cloud-firestore-emulator").is_dir()
+        and shutil.which("java")
+    ):
+        return
+    say("the Firestore emulator or Java is missing; installing them")
+    script = REPO_ROOT / "scripts" / "install-system-deps.sh"
+    if subprocess.run([str(script), "demo"], check=False).returncode != 0:
+        raise DemoError(
+            f"could not install the Firestore emulator; see the messages of {script.name}"
+        )
+
+
+def served_model_name(model_uri: str | None) -> str:
+    if model_uri is None:
+        return OFFLINE_MODEL_NAME
+    return model_uri.rstrip("/").rsplit("/", 1)[-1] or OFFLINE_MODEL_NAME
+
+
+def gemini_backend() -> tuple[dict[str, Any] | None, str, str]:
+    """Return (Gemini backend or None, Google Cloud project, why Gemini is not offered)."""
+    import google.auth  # noqa: PLC0415 - only needed once, at start-up
+    import google.auth.exceptions  # noqa: PLC0415
+
+    fallback_project = os.environ.get("GOOGLE_CLOUD_PROJECT") or OFFLINE_PROJECT
+    try:
+        _credentials, project = google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError:
+        return (
+            None,
+            fallback_project,
+            "no Google credentials found. To add it, run "
+            "`gcloud auth application-default login` and start the demo again.",
+        )
+    if not project:
+        return (
+            None,
+            fallback_project,
+            "your Google credentials name no project; set GOOGLE_CLOUD_PROJECT to add Gemini.",
+        )
+    backend = {
+        "id": "gemini",
+        "label": "Gemini 2.5 Flash (Vertex AI)",
+        "kind": "gemini",
+        "model": "gemini-2.5-flash",
+        "vertex": True,
+        "location": "global",
+    }
+    return backend, project, ""
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv)
+    except DemoError as err:
+        say(f"error: {err}")
+        return 2
+    return Demo(settings).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
