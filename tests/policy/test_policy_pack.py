@@ -1,0 +1,127 @@
+"""The pack as the Pulumi engine runs it: PolicyPack wiring, engine proxies and unknown values."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+from policy.rules import ALL_RULES, policies
+
+PACK = Path(__file__).resolve().parents[2] / "policy"
+
+
+def _options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=False,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
+    )
+
+
+def _policy(name: str) -> Any:
+    return next(p for p in policies() if p.name == name)
+
+
+def test_pack_main_builds_one_policy_per_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: dict[str, Any] = {}
+
+    def fake_pack(**kwargs: Any) -> None:  # the real one starts a gRPC server for the CLI
+        created.update(kwargs)
+
+    monkeypatch.setattr("pulumi_policy.PolicyPack", fake_pack)
+    # The CLI runs the pack directory itself, so `rules` must import from there.
+    monkeypatch.setattr(sys, "path", [str(PACK), *sys.path])
+    runpy.run_path(str(PACK), run_name="__main__")
+    assert created["name"] == "gemma-stack-security"
+    assert [p.name for p in created["policies"]] == [r.name for r in ALL_RULES]
+    for policy, rule in zip(created["policies"], ALL_RULES, strict=True):
+        assert policy.enforcement_level is rule.enforcement
+        assert policy.remediation_steps
+    main = (PACK / "__main__.py").read_text()
+    assert main.count("PolicyPack(") == 1
+    assert "def " not in main
+
+
+def test_resource_policy_reports_through_the_engine_callback() -> None:
+    policy = _policy("no-basic-roles")
+    assert isinstance(policy, ResourceValidationPolicy)
+    reported: list[tuple[str, str | None]] = []
+
+    def args_for(props: dict[str, Any]) -> ResourceValidationArgs:
+        return ResourceValidationArgs(
+            "gcp:projects/iAMMember:IAMMember",
+            unknown_checking_proxy(props),
+            "urn:pulumi:prod::gemma-stack::gcp:projects/iAMMember:IAMMember::x",
+            "x",
+            _options(),
+            None,
+        )
+
+    policy.validate(
+        args_for({"role": "roles/owner", "member": "user:a@b.c"}),
+        lambda m, u: reported.append((m, u)),
+    )
+    assert len(reported) == 1
+    assert "roles/owner" in reported[0][0]
+    # During preview a member computed from another resource is unknown; the rule must still run.
+    reported.clear()
+    policy.validate(
+        args_for({"role": "roles/datastore.user", "member": UNKNOWN_STRING_VALUE}),
+        lambda m, u: reported.append((m, u)),
+    )
+    assert reported == []
+
+
+def test_stack_policy_follows_engine_property_dependencies() -> None:
+    policy = _policy("no-public-cloud-run")
+    assert isinstance(policy, StackValidationPolicy)
+    assert policy.enforcement_level is EnforcementLevel.MANDATORY
+
+    def resource(type_: str, name: str, props: dict[str, Any]) -> PolicyResource:
+        return PolicyResource(
+            type_,
+            unknown_checking_proxy(props),
+            f"urn:{name}",
+            name,
+            _options(),
+            None,
+            None,
+            [],
+            {},
+        )
+
+    service = resource(
+        "gcp:cloudrunv2/service:Service",
+        "svc",
+        # In preview a new service's name is unknown, so only the dependency links the grant.
+        {"name": UNKNOWN_STRING_VALUE, "template": {"serviceAccount": UNKNOWN_STRING_VALUE}},
+    )
+    grant = resource(
+        "gcp:cloudrunv2/serviceIamMember:ServiceIamMember",
+        "svc-public",
+        {"name": UNKNOWN_STRING_VALUE, "role": "roles/run.invoker", "member": "allUsers"},
+    )
+    grant.property_dependencies["name"] = [service]
+    reported: list[tuple[str, str | None]] = []
+    policy.validate(StackValidationArgs([service, grant]), lambda m, u: reported.append((m, u)))
+    ((message, urn),) = reported
+    assert urn == "urn:svc-public"
+    assert "Cloud Run 'svc'" in message
