@@ -1,0 +1,1 @@
+"""Inference server: serves a merged Gemma model over the team API, OpenAI and Gemini APIs."""

@@ -1,0 +1,69 @@
+"""Run the inference server: ``python -m app.inference`` (settings from env vars or flags)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.inference.server import create_app
+from app.inference.settings import Settings
+from app.inference.state import Phase
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn server that also flips the app to draining when SIGTERM arrives."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        server_state = getattr(getattr(self.config.loaded_app, "app", None), "state", None)
+        app_state = getattr(self, "app_state", None) or server_state
+        server = getattr(app_state, "server", None) if app_state is not None else None
+        if server is not None and server.phase is not Phase.FAILED:
+            server.phase = Phase.DRAINING
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in error.errors()
+        )
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    fatal: list[str] = []
+    server: _Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=round(settings.shutdown_grace_s) or None,
+        lifespan="on",
+    )
+    server = _Server(config)
+    server.app_state = app.state  # type: ignore[attr-defined]
+    server.run()
+    if fatal:
+        print(f"error: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

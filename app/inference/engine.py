@@ -1,0 +1,136 @@
+"""The small engine interface the routes use, so another backend (vLLM) can replace transformers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+# Sentinel pushed through the queue when the worker thread ends.
+_DONE = object()
+
+
+class PromptError(ValueError):
+    """The request cannot be turned into a prompt (bad roles, too long, ...): a 400."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; ``temperature == 0`` means greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """What one generation produced: only the new text, never the prompt."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn, eos or a stop string) or "length"
+
+
+@dataclass
+class StreamEvent:
+    """One streamed piece of text, or the final summary when ``completion`` is set."""
+
+    text: str = ""
+    completion: Completion | None = field(default=None)
+
+
+class Engine(ABC):
+    """A loaded model that renders prompts and generates text, one request per call."""
+
+    model_name: str
+    max_model_len: int
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """Apply the model's chat template with a generation prompt; ``PromptError`` if invalid."""
+
+    @abstractmethod
+    def encode(self, prompt: str, *, chat: bool) -> list[int]:
+        """Token ids of a prompt (``chat`` prompts already carry their BOS)."""
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """Generate (blocking) until end of turn, eos, a stop string, max_tokens or ``cancel``.
+
+        ``on_text`` receives each new piece of text as soon as it is decoded.
+        """
+
+    def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Reject prompts that do not leave room for ``max_tokens`` in the context."""
+        if prompt_tokens >= self.max_model_len:
+            raise PromptError(
+                f"The prompt is {prompt_tokens} tokens, longer than this model's context of "
+                f"{self.max_model_len} tokens (MAX_MODEL_LEN). Shorten the prompt or the "
+                "conversation history."
+            )
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise PromptError(
+                f"max_tokens={max_tokens} plus the prompt's {prompt_tokens} tokens exceeds the "
+                f"context of {self.max_model_len} tokens (MAX_MODEL_LEN). Set max_tokens to at "
+                f"most {self.max_model_len - prompt_tokens}."
+            )
+
+
+async def stream_generate(
+    engine: Engine,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    executor: Executor,
+) -> AsyncIterator[StreamEvent]:
+    """Run ``engine.generate`` in ``executor`` and yield its text as it arrives.
+
+    The event loop never blocks on the model. If the consumer stops early (client went away),
+    the generation is cancelled so the worker frees up.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def on_text(text: str) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, text)
+
+    def work() -> None:
+        try:
+            completion = engine.generate(prompt_ids, params, on_text=on_text, cancel=cancel)
+            loop.call_soon_threadsafe(queue.put_nowait, completion)
+        except BaseException as error:
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    future = loop.run_in_executor(executor, work)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Completion):
+                yield StreamEvent(completion=item)
+            else:
+                yield StreamEvent(text=str(item))
+    finally:
+        cancel.set()
+        # Keep the worker's exception (if any) from being logged as "never retrieved".
+        future.add_done_callback(lambda f: f.exception())

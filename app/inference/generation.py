@@ -1,0 +1,64 @@
+"""Glue between routes and the engine: admission, length checks, server-sent events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.inference.engine import Completion, Engine, SamplingParams, StreamEvent, stream_generate
+from app.inference.state import ServerState
+
+
+def resolve_max_tokens(
+    state: ServerState, engine: Engine, requested: int | None, prompt: int
+) -> int:
+    """The request's max_tokens, or the default capped to what is left of the context."""
+    if requested is not None:
+        return requested
+    return max(1, min(state.settings.max_tokens_default, engine.max_model_len - prompt))
+
+
+def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else stop
+    return tuple(s for s in items if s)
+
+
+async def complete(
+    state: ServerState, engine: Engine, prompt_ids: list[int], params: SamplingParams
+) -> Completion:
+    """Generate the whole reply inside an admission slot."""
+    engine.check_length(len(prompt_ids), params.max_tokens)
+    async with state.admission.slot():
+        async for event in stream_generate(engine, prompt_ids, params, state.executor):
+            if event.completion is not None:
+                return event.completion
+    raise RuntimeError("generation ended without a result")  # pragma: no cover
+
+
+async def open_stream(
+    state: ServerState, engine: Engine, prompt_ids: list[int], params: SamplingParams
+) -> AsyncIterator[StreamEvent]:
+    """Admit the request now (so 429 is a real status), then stream its events."""
+    engine.check_length(len(prompt_ids), params.max_tokens)
+    slot = await state.admission.acquire()
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in stream_generate(engine, prompt_ids, params, state.executor):
+                yield event
+        finally:
+            slot.release()
+
+    return events()
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
