@@ -99,3 +99,63 @@ class WorkloadIdentity(pulumi.ComponentResource):
             for role in args.project_roles
         ]
         self.register_outputs({"ksaName": self.ksa_name, "principal": self.principal})
+
+
+@dataclass(frozen=True)
+class ImpersonatedServiceAccountArgs:
+    """A service account that only the named principals may impersonate."""
+
+    project_id: pulumi.Input[str]
+    account_id: str
+    display_name: str
+    # Principals (e.g. a WorkloadIdentity's `principal`) granted serviceAccountTokenCreator on it.
+    impersonators: Sequence[pulumi.Input[str]]
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+class ImpersonatedServiceAccount(pulumi.ComponentResource):
+    """A keyless service account that workloads impersonate, e.g. to mint Cloud Run ID tokens.
+
+    A Kubernetes service account under direct Workload Identity federation gets access
+    tokens but no ID tokens; Cloud Run wants an ID token. So the workload asks IAM
+    Credentials for an ID token of this account, which holds roles/run.invoker on the
+    services it may call (granted where those services are created).
+    """
+
+    account: gcp.serviceaccount.Account
+    email: pulumi.Output[str]
+    member: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: ImpersonatedServiceAccountArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gemma-stack:identity:ImpersonatedServiceAccount", name, None, opts)
+        if not 6 <= len(args.account_id) <= 30:
+            raise ValueError(
+                f"ImpersonatedServiceAccount {name!r}: account_id {args.account_id!r} must be "
+                "6 to 30 characters."
+            )
+        child = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
+        self.account = gcp.serviceaccount.Account(
+            f"{name}-account",
+            project=args.project_id,
+            account_id=args.account_id,
+            display_name=args.display_name,
+            opts=child,
+        )
+        self.email = self.account.email
+        self.member = self.account.member
+        self.token_creators = [
+            gcp.serviceaccount.IAMMember(
+                f"{name}-token-creator-{index}",
+                service_account_id=self.account.name,
+                role="roles/iam.serviceAccountTokenCreator",
+                member=impersonator,
+                opts=child,
+            )
+            for index, impersonator in enumerate(args.impersonators)
+        ]
+        self.register_outputs({"email": self.email, "member": self.member})

@@ -1,0 +1,135 @@
+"""The GKE Autopilot cluster and a Kubernetes provider that talks to it through gcloud."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as kubernetes
+
+RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
+# Autopilot creation and upgrades regularly take 10-20 minutes; the provider default is shorter.
+CLUSTER_TIMEOUT = "30m"
+
+
+@dataclass(frozen=True)
+class AutopilotClusterArgs:
+    """Where the cluster runs and how it is protected and upgraded."""
+
+    project_id: pulumi.Input[str]
+    region: str
+    cluster_name: str
+    release_channel: str = "REGULAR"
+    deletion_protection: bool = True
+    network: str = "default"
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+def kubeconfig_for(
+    cluster_name: pulumi.Input[str],
+    endpoint: pulumi.Input[str],
+    ca_certificate: pulumi.Input[str],
+) -> pulumi.Output[str]:
+    """A kubeconfig that authenticates with the gke-gcloud-auth-plugin, so no token is stored."""
+
+    def render(values: list[str]) -> str:
+        name, host, ca = values
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": name,
+                        "cluster": {
+                            "server": f"https://{host}",
+                            "certificate-authority-data": ca,
+                        },
+                    }
+                ],
+                "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+                "current-context": name,
+                "users": [
+                    {
+                        "name": name,
+                        "user": {
+                            "exec": {
+                                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                                "command": "gke-gcloud-auth-plugin",
+                                "installHint": (
+                                    "Install gke-gcloud-auth-plugin: gcloud components install "
+                                    "gke-gcloud-auth-plugin"
+                                ),
+                                "provideClusterInfo": True,
+                                "interactiveMode": "Never",
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+
+    return pulumi.Output.all(cluster_name, endpoint, ca_certificate).apply(render)
+
+
+class AutopilotCluster(pulumi.ComponentResource):
+    """A GKE Autopilot cluster on the default network, plus a provider for its workloads."""
+
+    cluster: gcp.container.Cluster
+    provider: kubernetes.Provider
+    name: pulumi.Output[str]
+    endpoint: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: AutopilotClusterArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gemma-stack:cluster:AutopilotCluster", name, None, opts)
+        if args.release_channel not in RELEASE_CHANNELS:
+            raise ValueError(
+                f"AutopilotCluster {name!r}: release channel {args.release_channel!r} must be "
+                f"one of {', '.join(RELEASE_CHANNELS)}."
+            )
+        self.cluster = gcp.container.Cluster(
+            f"{name}-cluster",
+            project=args.project_id,
+            name=args.cluster_name,
+            location=args.region,
+            enable_autopilot=True,
+            network=args.network,
+            release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
+            deletion_protection=args.deletion_protection,
+            resource_labels={"part-of": "gemma-stack"},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.depends_on),
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=CLUSTER_TIMEOUT, update=CLUSTER_TIMEOUT, delete=CLUSTER_TIMEOUT
+                ),
+                # Autopilot manages node settings itself; a diff there would replace the cluster.
+                ignore_changes=["nodeConfig", "nodePoolAutoConfig", "nodePoolDefaults"],
+            ),
+        )
+        self.name = self.cluster.name
+        self.endpoint = self.cluster.endpoint
+        # No credential inside: the exec plugin fetches a short-lived token on each call.
+        self.kubeconfig = kubeconfig_for(
+            self.cluster.name,
+            self.cluster.endpoint,
+            self.cluster.master_auth.cluster_ca_certificate.apply(lambda ca: ca or ""),
+        )
+        self.provider = kubernetes.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs(
+            {"name": self.name, "endpoint": self.endpoint, "kubeconfig": self.kubeconfig}
+        )

@@ -1,0 +1,1 @@
+"""Stack composition: the only package that reads Pulumi config and wires components together."""

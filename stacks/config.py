@@ -1,0 +1,737 @@
+"""Stack configuration: read `pulumi.Config` once into frozen dataclasses and validate all of it.
+
+`load_stack_config()` is the only reader of Pulumi config in the program. Everything it
+returns is checked before any resource exists; a bad value raises one `ConfigError` whose
+message lists each problem with the `pulumi config set` that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import pulumi
+
+from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS, L4_MIN_CPU, L4_MIN_MEMORY_GIB
+from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
+
+NAMESPACE = "gemma-stack"  # Pulumi config namespace: keys read as `gemma-stack:<key>`.
+
+# Pinned on purpose: a vLLM upgrade changes flags and memory use, so it is a deliberate edit.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.9.0"
+PREBUILT_GEMMA_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
+PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
+RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
+CHAT_EXPOSURES = ("internal", "iap", "login")
+FLAVOURS = ("prebuilt", "vllm", "finetuned")
+OLLAMA_NUM_PARALLEL = 4
+
+Flavour = Literal["prebuilt", "vllm", "finetuned"]
+Exposure = Literal["internal", "iap", "login"]
+
+_GS_URI = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(?:/(.*))?$")
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RUN_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
+_K8S_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_MEMBER = re.compile(
+    r"^(user|group|serviceAccount|domain|principal|principalSet):.+$|^principal(Set)?://.+$"
+)
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Mi|Gi)$")
+
+
+class ConfigError(ValueError):
+    """The stack config cannot be deployed; the message says what to change."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"gemma-stack config is invalid ({len(self.problems)} problem"
+            f"{'s' if len(self.problems) != 1 else ''}); nothing was created:\n{lines}"
+        )
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """GKE Autopilot cluster settings."""
+
+    name: str = "gemma-stack"
+    release_channel: str = "REGULAR"
+    deletion_protection: bool = True
+
+
+@dataclass(frozen=True)
+class GcsModel:
+    """A model folder in Cloud Storage, `gs://bucket/path`."""
+
+    uri: str
+    bucket: str
+    path: str
+
+
+@dataclass(frozen=True)
+class GkeGemmaConfig:
+    """vLLM serving Gemma 3 on GKE Autopilot L4 GPUs; sizing already resolved from the table."""
+
+    enabled: bool
+    variant: str
+    model_id: str
+    gpu_count: int
+    tensor_parallel: int
+    max_model_len: int
+    max_num_seqs: int
+    vllm_image: str
+    sizing: GemmaSizing
+    model: GcsModel | None = None  # fine-tuned weights served from a GCS FUSE volume
+
+    @property
+    def uses_hugging_face(self) -> bool:
+        return self.enabled and self.model is None
+
+
+@dataclass(frozen=True)
+class CloudRunServiceConfig:
+    """One Cloud Run service with an L4 GPU; defaults come from its flavour."""
+
+    name: str
+    flavour: Flavour
+    enabled: bool
+    image: str
+    cpu: str
+    memory: str
+    concurrency: int
+    max_instances: int
+    min_instances: int
+    timeout_seconds: int
+    gpu_zonal_redundancy: bool
+    public: bool
+    invokers: tuple[str, ...]
+    variant: str | None = None  # prebuilt: gemma3-1b|4b|12b|27b
+    model: str | None = None  # vllm: Hugging Face id or gs:// folder
+    model_uri: str | None = None  # finetuned: gs://bucket/path of a merged model folder
+    gcs_model: GcsModel | None = None  # vllm with gs://, or finetuned
+    max_model_len: int | None = None  # vllm
+    ollama_num_parallel: int | None = None  # prebuilt
+
+    @property
+    def uses_hugging_face(self) -> bool:
+        return self.enabled and self.flavour == "vllm" and self.gcs_model is None
+
+    @property
+    def needs_inference_image(self) -> bool:
+        """True when this service runs our own `app/inference` image built by the stack."""
+        return self.enabled and self.flavour == "finetuned" and not self.image
+
+
+@dataclass(frozen=True)
+class ChatAppConfig:
+    """The Gradio chat app on GKE."""
+
+    enabled: bool = True
+    exposure: Exposure = "internal"
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_location: str = "global"
+    system_prompt: str | None = None
+    allowed_users: tuple[str, ...] = ()  # IAM members let through IAP (exposure=iap)
+    namespace: str = "gemma-stack"
+    ksa_name: str = "chat-app"
+
+
+@dataclass(frozen=True)
+class FirestoreConfig:
+    """The chat history database."""
+
+    database: str = "chat-app-db"
+    location: str = "nam5"
+    delete_protection: bool = True
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """Prebuilt image URIs; a set one skips its Cloud Build."""
+
+    chat: str | None = None
+    inference: str | None = None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything the stack needs, validated."""
+
+    project: str
+    region: str
+    namespace: str
+    artifact_repository: str
+    cluster: ClusterConfig
+    gke_gemma: GkeGemmaConfig
+    cloud_run_services: tuple[CloudRunServiceConfig, ...]
+    chat_app: ChatAppConfig
+    firestore: FirestoreConfig
+    images: ImagesConfig
+    hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
+    chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
+
+    @property
+    def enabled_cloud_run_services(self) -> tuple[CloudRunServiceConfig, ...]:
+        return tuple(s for s in self.cloud_run_services if s.enabled)
+
+    @property
+    def needs_hf_token(self) -> bool:
+        return self.gke_gemma.uses_hugging_face or any(
+            s.uses_hugging_face for s in self.cloud_run_services
+        )
+
+    @property
+    def builds_chat_image(self) -> bool:
+        return self.chat_app.enabled and self.images.chat is None
+
+    @property
+    def builds_inference_image(self) -> bool:
+        return self.images.inference is None and any(
+            s.needs_inference_image for s in self.cloud_run_services
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Typed access to raw string config values that records problems instead of raising."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+        self.problems: list[str] = []
+
+    def text(self, key: str, default: str) -> str:
+        value = self.values.get(key)
+        return default if value is None or value == "" else value
+
+    def optional_text(self, key: str) -> str | None:
+        value = self.values.get(key)
+        return value or None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.values.get(key)
+        if value is None or value == "":
+            return default
+        if value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        self.problems.append(f"{key}={value!r} must be true or false.")
+        return default
+
+    def number(self, key: str, default: int) -> int:
+        value = self.values.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            self.problems.append(f"{key}={value!r} must be a whole number.")
+            return default
+
+    def structured(self, key: str) -> Any:
+        value = self.values.get(key)
+        if value is None or value == "":
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            self.problems.append(
+                f"{key} must be a YAML list of objects in Pulumi.<stack>.yaml "
+                f"(or JSON with `pulumi config set --path`); got {value!r}."
+            )
+            return None
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        raw = self.structured(key)
+        if raw is None:
+            return ()
+        if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+            self.problems.append(f"{key} must be a list of strings.")
+            return ()
+        return tuple(raw)
+
+
+def parse_gcs_uri(uri: str) -> GcsModel | None:
+    """Split `gs://bucket/path` (path may be empty); None when it is not a well-formed gs:// URI."""
+    match = _GS_URI.match(uri)
+    if not match or ".." in match.group(1):
+        return None
+    return GcsModel(
+        uri=uri.rstrip("/"), bucket=match.group(1), path=(match.group(2) or "").strip("/")
+    )
+
+
+def _gib(memory: str) -> float | None:
+    match = _MEMORY.match(memory)
+    if not match:
+        return None
+    amount = float(match.group(1))
+    return amount if match.group(2) == "Gi" else amount / 1024
+
+
+def _parse_gke_gemma(r: _Reader) -> GkeGemmaConfig:
+    enabled = r.flag("gkeGemmaEnabled", True)
+    variant = r.text("gkeGemmaVariant", "gemma-3-1b-it")
+    if variant not in GEMMA_SIZING:
+        r.problems.append(
+            f"gkeGemmaVariant={variant!r} is not a Gemma 3 variant this stack serves; "
+            f"choose one of {', '.join(GEMMA_VARIANTS)} "
+            f"(pulumi config set gkeGemmaVariant gemma-3-4b-it)."
+        )
+        variant = "gemma-3-1b-it"
+        sizing_known = False
+    else:
+        sizing_known = True
+    sizing = GEMMA_SIZING[variant]
+    # 0 means "from the sizing table"; Pulumi.yaml declares 0 as the default.
+    gpu_count = r.number("gkeGemmaGpuCount", 0) or sizing.gpu_count
+    tensor_parallel = r.number("gkeGemmaTensorParallel", 0) or gpu_count
+    max_model_len = r.number("gkeGemmaMaxModelLen", 0) or sizing.max_model_len
+    max_num_seqs = r.number("gkeGemmaMaxNumSeqs", 0) or sizing.max_num_seqs
+    model_uri = r.optional_text("gkeGemmaModelUri")
+    model: GcsModel | None = None
+    if model_uri is not None:
+        model = parse_gcs_uri(model_uri)
+        if model is None or not model.path:
+            r.problems.append(
+                f"gkeGemmaModelUri={model_uri!r} must look like gs://BUCKET/PATH/TO/MODEL "
+                "(a merged model folder with config.json); leave it unset to pull from "
+                "Hugging Face."
+            )
+    if enabled and sizing_known:
+        r.problems.extend(
+            sizing_problems(variant, gpu_count, tensor_parallel, max_model_len, max_num_seqs)
+        )
+    return GkeGemmaConfig(
+        enabled=enabled,
+        variant=variant,
+        model_id=r.text("gkeGemmaModelId", sizing.default_model_id),
+        gpu_count=gpu_count,
+        tensor_parallel=tensor_parallel,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        vllm_image=r.text("vllmImage", DEFAULT_VLLM_IMAGE),
+        sizing=sizing,
+        model=model,
+    )
+
+
+_SERVICE_KEYS = {
+    "name",
+    "flavour",
+    "enabled",
+    "variant",
+    "model",
+    "modelUri",
+    "cpu",
+    "memory",
+    "concurrency",
+    "maxInstances",
+    "minInstances",
+    "timeoutSeconds",
+    "gpuZonalRedundancy",
+    "public",
+    "invokers",
+    "image",
+    "maxModelLen",
+    "ollamaNumParallel",
+}
+
+# Flavour defaults: prebuilt and vllm from BRIEF's Cloud Run references; finetuned from the
+# team's SQL service (cpu 4, 16Gi, concurrency 1, 15 min timeout).
+_FLAVOUR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prebuilt": {
+        "cpu": "8",
+        "memory": "32Gi",
+        "concurrency": OLLAMA_NUM_PARALLEL,
+        "maxInstances": 1,
+        "timeoutSeconds": 600,
+    },
+    "vllm": {
+        "cpu": "8",
+        "memory": "32Gi",
+        "concurrency": 16,
+        "maxInstances": 1,
+        "timeoutSeconds": 600,
+    },
+    "finetuned": {
+        "cpu": "4",
+        "memory": "16Gi",
+        "concurrency": 1,
+        "maxInstances": 1,
+        "timeoutSeconds": 900,
+    },
+}
+
+
+@dataclass
+class _Fields:
+    """Typed reads from one raw service object, recording problems."""
+
+    problems: list[str]
+    where: str
+    raw: Mapping[str, Any]
+
+    def __call__(self, key: str, kind: type, default: Any) -> Any:
+        return _typed(self.problems, self.where, self.raw, key, (kind, default))
+
+
+def _typed(
+    problems: list[str], where: str, raw: Mapping[str, Any], key: str, spec: tuple[type, Any]
+) -> Any:
+    kind, default = spec
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if kind is int and isinstance(value, bool):
+        problems.append(f"{where}.{key} must be a whole number, not {value!r}.")
+        return default
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind):
+        problems.append(f"{where}.{key}={value!r} must be a {kind.__name__}.")
+        return default
+    return value
+
+
+def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
+    problems: list[str], index: int, raw: Any, region: str
+) -> CloudRunServiceConfig | None:
+    where = f"cloudRunServices[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object with at least `name` and `flavour`.")
+        return None
+    unknown = sorted(set(raw) - _SERVICE_KEYS)
+    if unknown:
+        problems.append(f"{where} has unknown keys {unknown}; known keys: {sorted(_SERVICE_KEYS)}.")
+    name = str(raw.get("name", ""))
+    if name:
+        where = f"cloudRunServices[{name}]"
+    if not _RUN_NAME.match(name):
+        problems.append(
+            f"{where}.name={name!r} must be a Cloud Run service name: lowercase letters, "
+            "digits and hyphens, starting with a letter, at most 49 characters."
+        )
+    flavour = raw.get("flavour")
+    if flavour not in FLAVOURS:
+        problems.append(f"{where}.flavour={flavour!r} must be one of {', '.join(FLAVOURS)}.")
+        return None
+    defaults = _FLAVOUR_DEFAULTS[flavour]
+    t = _Fields(problems, where, raw)
+    enabled = t("enabled", bool, True)
+    cpu = t("cpu", str, defaults["cpu"])
+    memory = t("memory", str, defaults["memory"])
+    concurrency = t("concurrency", int, defaults["concurrency"])
+    max_instances = t("maxInstances", int, defaults["maxInstances"])
+    min_instances = t("minInstances", int, 0)
+    timeout = t("timeoutSeconds", int, defaults["timeoutSeconds"])
+    zonal = t("gpuZonalRedundancy", bool, False)
+    public = t("public", bool, False)
+    invokers_raw = raw.get("invokers", [])
+    image = t("image", str, "") or ""
+    variant = model = model_uri = None
+    gcs_model: GcsModel | None = None
+    max_model_len: int | None = None
+    ollama_num_parallel: int | None = None
+
+    if not isinstance(invokers_raw, list) or not all(isinstance(m, str) for m in invokers_raw):
+        problems.append(f"{where}.invokers must be a list of IAM members such as user:me@x.com.")
+        invokers: tuple[str, ...] = ()
+    else:
+        invokers = tuple(invokers_raw)
+    for member in invokers:
+        if member in {"allUsers", "allAuthenticatedUsers"}:
+            problems.append(
+                f"{where}.invokers lists {member}; GPU endpoints are private. Set "
+                f"`public: true` on the service if you really want anyone to call it."
+            )
+        elif not _MEMBER.match(member):
+            problems.append(
+                f"{where}.invokers entry {member!r} is not an IAM member "
+                "(user:, group:, serviceAccount:, domain:, principal://, principalSet://)."
+            )
+
+    if flavour == "prebuilt":
+        variant = t("variant", str, "gemma3-1b")
+        if variant not in PREBUILT_VARIANTS:
+            problems.append(
+                f"{where}.variant={variant!r} has no prebuilt image; choose one of "
+                f"{', '.join(PREBUILT_VARIANTS)}."
+            )
+        image = image or PREBUILT_GEMMA_IMAGE.format(variant=variant)
+        ollama_num_parallel = t("ollamaNumParallel", int, min(concurrency, OLLAMA_NUM_PARALLEL))
+        if isinstance(ollama_num_parallel, int) and not (
+            ollama_num_parallel <= concurrency <= 2 * ollama_num_parallel
+        ):
+            problems.append(
+                f"{where}.concurrency={concurrency} should be between ollamaNumParallel="
+                f"{ollama_num_parallel} (best latency) and twice it (best utilization)."
+            )
+    elif flavour == "vllm":
+        model = t("model", str, "google/gemma-3-1b-it")
+        max_model_len = t("maxModelLen", int, 8192)
+        image = image or DEFAULT_VLLM_IMAGE
+        if isinstance(model, str) and model.startswith("gs://"):
+            gcs_model = parse_gcs_uri(model)
+            if gcs_model is None or not gcs_model.path:
+                problems.append(
+                    f"{where}.model={model!r} must look like gs://BUCKET/PATH/TO/MODEL."
+                )
+        elif not (isinstance(model, str) and _HF_ID.match(model)):
+            problems.append(
+                f"{where}.model={model!r} must be a Hugging Face id (google/gemma-3-1b-it) "
+                "or a gs://BUCKET/PATH model folder."
+            )
+        if isinstance(max_model_len, int) and max_model_len < 512:
+            problems.append(f"{where}.maxModelLen={max_model_len} must be at least 512.")
+    else:
+        model_uri = raw.get("modelUri")
+        gcs_model = parse_gcs_uri(model_uri) if isinstance(model_uri, str) else None
+        if gcs_model is None or not gcs_model.path:
+            problems.append(
+                f"{where}.modelUri={model_uri!r} must look like gs://BUCKET/PATH/TO/MODEL, "
+                "the merged model folder (config.json, model.safetensors, tokenizer files)."
+            )
+
+    if isinstance(cpu, str):
+        try:
+            cpu_value = float(cpu)
+        except ValueError:
+            cpu_value = -1.0
+        if cpu_value < L4_MIN_CPU:
+            problems.append(f"{where}.cpu={cpu!r}: Cloud Run needs at least 4 CPUs with an L4 GPU.")
+    if isinstance(memory, str):
+        gib = _gib(memory)
+        if gib is None or gib < L4_MIN_MEMORY_GIB:
+            problems.append(
+                f"{where}.memory={memory!r}: write it like 32Gi; Cloud Run needs at least "
+                "16Gi with an L4 GPU."
+            )
+    if isinstance(concurrency, int) and not 1 <= concurrency <= 1000:
+        problems.append(f"{where}.concurrency={concurrency} must be within 1..1000.")
+    if isinstance(max_instances, int) and max_instances < 1:
+        problems.append(f"{where}.maxInstances={max_instances} must be at least 1.")
+    if (
+        isinstance(min_instances, int)
+        and isinstance(max_instances, int)
+        and not 0 <= min_instances <= max_instances
+    ):
+        problems.append(
+            f"{where}.minInstances={min_instances} must be within 0..maxInstances "
+            f"({max_instances}); every warm instance bills a GPU around the clock."
+        )
+    if isinstance(timeout, int) and not 1 <= timeout <= 3600:
+        problems.append(f"{where}.timeoutSeconds={timeout} must be within 1..3600.")
+    if enabled and region not in CLOUD_RUN_L4_REGIONS:
+        problems.append(
+            f"{where}: Cloud Run offers no L4 GPU in gcp:region={region!r}. Use one of "
+            f"{', '.join(sorted(CLOUD_RUN_L4_REGIONS))} (pulumi config set gcp:region "
+            f"us-central1), or set `enabled: false` on this service."
+        )
+    return CloudRunServiceConfig(
+        name=name,
+        flavour=cast(Flavour, flavour),
+        enabled=bool(enabled),
+        image=image,
+        cpu=str(cpu),
+        memory=str(memory),
+        concurrency=int(concurrency),
+        max_instances=int(max_instances),
+        min_instances=int(min_instances),
+        timeout_seconds=int(timeout),
+        gpu_zonal_redundancy=bool(zonal),
+        public=bool(public),
+        invokers=invokers,
+        variant=variant,
+        model=model,
+        model_uri=model_uri if isinstance(model_uri, str) else None,
+        gcs_model=gcs_model,
+        max_model_len=max_model_len,
+        ollama_num_parallel=ollama_num_parallel,
+    )
+
+
+def _parse_services(r: _Reader, region: str) -> tuple[CloudRunServiceConfig, ...]:
+    raw = r.structured("cloudRunServices")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problems.append("cloudRunServices must be a list of service objects.")
+        return ()
+    services = [
+        s for i, item in enumerate(raw) if (s := _parse_service(r.problems, i, item, region))
+    ]
+    names = [s.name for s in services]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        r.problems.append(f"cloudRunServices names must be unique; repeated: {duplicates}.")
+    return tuple(services)
+
+
+def parse_stack_config(
+    values: Mapping[str, str],
+    *,
+    hf_token: pulumi.Output[str] | None = None,
+    chat_login_password: pulumi.Output[str] | None = None,
+) -> StackConfig:
+    """Build and validate a StackConfig from raw config values.
+
+    `values` maps keys to strings as the engine passes them: `gcp:project`, `gcp:region`,
+    and gemma-stack keys without their namespace. Secrets come separately so their values
+    are never inspected here, only whether they are set.
+    """
+    r = _Reader(values)
+    project = values.get("gcp:project") or ""
+    region = values.get("gcp:region") or "us-central1"
+    if not _PROJECT_ID.match(project):
+        r.problems.append(
+            f"gcp:project={project!r} must be a Google Cloud project id "
+            "(pulumi config set gcp:project my-gcp-project)."
+        )
+
+    cluster = ClusterConfig(
+        name=r.text("clusterName", ClusterConfig.name),
+        release_channel=r.text("clusterReleaseChannel", ClusterConfig.release_channel).upper(),
+        deletion_protection=r.flag("clusterDeletionProtection", ClusterConfig.deletion_protection),
+    )
+    if cluster.release_channel not in RELEASE_CHANNELS:
+        r.problems.append(
+            f"clusterReleaseChannel={cluster.release_channel!r} must be one of "
+            f"{', '.join(RELEASE_CHANNELS)}."
+        )
+    if not _K8S_NAME.match(cluster.name) or len(cluster.name) > 40:
+        r.problems.append(
+            f"clusterName={cluster.name!r} must be lowercase letters, digits and hyphens, "
+            "at most 40 characters."
+        )
+
+    gke_gemma = _parse_gke_gemma(r)
+    services = _parse_services(r, region)
+
+    namespace = r.text("namespace", "gemma-stack")
+    if not _K8S_NAME.match(namespace):
+        r.problems.append(f"namespace={namespace!r} must be a Kubernetes namespace name.")
+    exposure = r.text("chatExposure", ChatAppConfig.exposure)
+    if exposure not in CHAT_EXPOSURES:
+        r.problems.append(
+            f"chatExposure={exposure!r} must be one of {', '.join(CHAT_EXPOSURES)}: internal "
+            "(cluster-internal only, reach it with kubectl port-forward), iap (load balancer "
+            "behind Identity-Aware Proxy) or login (load balancer with the app's own sign-in)."
+        )
+        exposure = "internal"
+    chat_app = ChatAppConfig(
+        enabled=r.flag("chatAppEnabled", ChatAppConfig.enabled),
+        exposure=cast(Exposure, exposure),
+        gemini_model=r.text("geminiModel", ChatAppConfig.gemini_model),
+        gemini_location=r.text("geminiLocation", ChatAppConfig.gemini_location),
+        system_prompt=r.optional_text("chatSystemPrompt"),
+        allowed_users=r.string_list("chatAllowedUsers"),
+        namespace=namespace,
+    )
+    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.allowed_users:
+        r.problems.append(
+            "chatExposure=iap needs chatAllowedUsers, the IAM members IAP lets in "
+            '(pulumi config set --path "chatAllowedUsers[0]" user:you@example.com).'
+        )
+    if chat_app.enabled and chat_app.exposure == "login" and chat_login_password is None:
+        r.problems.append(
+            "chatExposure=login needs the sign-in password as a secret: "
+            "pulumi config set --secret chatLoginPassword <password>."
+        )
+
+    firestore = FirestoreConfig(
+        database=r.text("firestoreDatabase", FirestoreConfig.database),
+        location=r.text("firestoreLocation", FirestoreConfig.location),
+        delete_protection=r.flag("firestoreDeleteProtection", FirestoreConfig.delete_protection),
+    )
+    images = ImagesConfig(
+        chat=r.optional_text("chatImage"), inference=r.optional_text("inferenceImage")
+    )
+
+    config = StackConfig(
+        project=project,
+        region=region,
+        namespace=namespace,
+        artifact_repository=r.text("artifactRepository", "gemma-stack"),
+        cluster=cluster,
+        gke_gemma=gke_gemma,
+        cloud_run_services=services,
+        chat_app=chat_app,
+        firestore=firestore,
+        images=images,
+        hf_token=hf_token,
+        chat_login_password=chat_login_password,
+    )
+    if config.needs_hf_token and hf_token is None:
+        users = []
+        if gke_gemma.uses_hugging_face:
+            users.append(f"GKE Gemma ({gke_gemma.model_id})")
+        users += [f"Cloud Run {s.name} ({s.model})" for s in services if s.uses_hugging_face]
+        r.problems.append(
+            f"{' and '.join(users)} download Gemma from Hugging Face, which needs an access "
+            "token with the Gemma license accepted: pulumi config set --secret hfToken hf_... "
+            "(or serve the model from Cloud Storage with a gs:// URI)."
+        )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+# Keys read from the `gemma-stack:` namespace (secrets are read separately).
+STACK_KEYS: tuple[str, ...] = (
+    "namespace",
+    "artifactRepository",
+    "clusterName",
+    "clusterReleaseChannel",
+    "clusterDeletionProtection",
+    "gkeGemmaEnabled",
+    "gkeGemmaVariant",
+    "gkeGemmaModelId",
+    "gkeGemmaModelUri",
+    "gkeGemmaGpuCount",
+    "gkeGemmaTensorParallel",
+    "gkeGemmaMaxModelLen",
+    "gkeGemmaMaxNumSeqs",
+    "vllmImage",
+    "cloudRunServices",
+    "chatAppEnabled",
+    "chatExposure",
+    "chatAllowedUsers",
+    "chatSystemPrompt",
+    "geminiModel",
+    "geminiLocation",
+    "firestoreDatabase",
+    "firestoreLocation",
+    "firestoreDeleteProtection",
+    "chatImage",
+    "inferenceImage",
+)
+SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword")
+
+
+def load_stack_config() -> StackConfig:
+    """Read this stack's Pulumi config once and validate it (raises ConfigError)."""
+    ours = pulumi.Config(NAMESPACE)
+    gcp = pulumi.Config("gcp")
+    values: dict[str, str] = {}
+    for key in STACK_KEYS:
+        value = ours.get(key)
+        if value is not None:
+            values[key] = value
+    for key in ("project", "region"):
+        value = gcp.get(key)
+        if value is not None:
+            values[f"gcp:{key}"] = value
+    return parse_stack_config(
+        values,
+        hf_token=ours.get_secret("hfToken"),
+        chat_login_password=ours.get_secret("chatLoginPassword"),
+    )

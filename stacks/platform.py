@@ -1,0 +1,237 @@
+"""The foundation of every deployment: APIs, registry and builds, cluster, data and identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as kubernetes
+
+from components.cluster import AutopilotCluster, AutopilotClusterArgs
+from components.firestore import ChatHistoryDatabase, ChatHistoryDatabaseArgs
+from components.identity import (
+    ImpersonatedServiceAccount,
+    ImpersonatedServiceAccountArgs,
+    WorkloadIdentity,
+    WorkloadIdentityArgs,
+)
+from components.project_services import ProjectServices, ProjectServicesArgs
+from components.registry import ArtifactRegistry, ArtifactRegistryArgs, ImageBuild, ImageBuildArgs
+from components.secrets import HuggingFaceToken, HuggingFaceTokenArgs
+from stacks.config import StackConfig
+
+CHAT_APP_DIR = Path("app/chat")
+INFERENCE_APP_DIR = Path("app/inference")
+CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
+CHAT_INVOKER_ACCOUNT_ID = "chat-invoker"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the foundation built, handed to the serving components (see stacks.serving)."""
+
+    config: StackConfig
+    project_id: str
+    project_number: pulumi.Output[str]
+    region: str
+    services: ProjectServices
+    registry: ArtifactRegistry
+    firestore: ChatHistoryDatabase | None
+    hf_token: HuggingFaceToken | None
+    # Present when something runs on GKE (GKE Gemma or the chat app).
+    cluster: AutopilotCluster | None
+    namespace: kubernetes.core.v1.Namespace | None
+    # The chat app's Kubernetes identity and the account it impersonates for Cloud Run ID tokens.
+    chat_identity: WorkloadIdentity | None
+    chat_invoker: ImpersonatedServiceAccount | None
+    chat_image: pulumi.Output[str] | None
+    inference_image: pulumi.Output[str] | None
+
+    @property
+    def k8s_provider(self) -> kubernetes.Provider:
+        if self.cluster is None:
+            raise ValueError("no GKE cluster in this stack: enable gkeGemma or the chat app")
+        return self.cluster.provider
+
+
+def _image(
+    name: str, folder: Path, config: StackConfig, registry: ArtifactRegistry, apis: ProjectServices
+) -> pulumi.Output[str]:
+    build = ImageBuild(
+        name,
+        ImageBuildArgs(
+            project_id=config.project,
+            region=config.region,
+            registry_url=registry.url,
+            image_name=folder.name,
+            context_dir=folder,
+            build_service_account_email=registry.build_service_account_email,
+            staging_bucket=registry.staging_bucket_name,
+            depends_on=[registry, *apis.for_apis("cloudbuild", "artifactregistry")],
+        ),
+    )
+    return build.image
+
+
+def build_platform(config: StackConfig) -> Platform:
+    """Create the shared resources every backend needs, in dependency order."""
+    apis = ProjectServices("apis", ProjectServicesArgs(project_id=config.project))
+    project_number = gcp.organizations.get_project_output(
+        project_id=config.project,
+        opts=pulumi.InvokeOutputOptions(depends_on=apis.for_apis("cloudresourcemanager")),
+    ).number
+
+    registry = ArtifactRegistry(
+        "registry",
+        ArtifactRegistryArgs(
+            project_id=config.project,
+            region=config.region,
+            repository_id=config.artifact_repository,
+            depends_on=apis.for_apis("artifactregistry", "storage", "iam", "cloudresourcemanager"),
+        ),
+    )
+    chat_image: pulumi.Output[str] | None = None
+    if config.builds_chat_image:
+        chat_image = _image("chat-image", CHAT_APP_DIR, config, registry, apis)
+    elif config.images.chat:
+        chat_image = pulumi.Output.from_input(config.images.chat)
+    inference_image: pulumi.Output[str] | None = None
+    if config.builds_inference_image:
+        inference_image = _image("inference-image", INFERENCE_APP_DIR, config, registry, apis)
+    elif config.images.inference:
+        inference_image = pulumi.Output.from_input(config.images.inference)
+
+    hf_token = None
+    if config.hf_token is not None:
+        hf_token = HuggingFaceToken(
+            "hf-token",
+            HuggingFaceTokenArgs(
+                project_id=config.project,
+                token=config.hf_token,
+                depends_on=apis.for_apis("secretmanager"),
+            ),
+        )
+
+    firestore = None
+    if config.chat_app.enabled:
+        firestore = ChatHistoryDatabase(
+            "chat-history",
+            ChatHistoryDatabaseArgs(
+                project_id=config.project,
+                database=config.firestore.database,
+                location=config.firestore.location,
+                delete_protection=config.firestore.delete_protection,
+                depends_on=apis.for_apis("firestore"),
+            ),
+        )
+
+    cluster = namespace = chat_identity = chat_invoker = None
+    if config.gke_gemma.enabled or config.chat_app.enabled:
+        cluster = AutopilotCluster(
+            "gke",
+            AutopilotClusterArgs(
+                project_id=config.project,
+                region=config.region,
+                cluster_name=config.cluster.name,
+                release_channel=config.cluster.release_channel,
+                deletion_protection=config.cluster.deletion_protection,
+                depends_on=apis.for_apis("container"),
+            ),
+        )
+        namespace = kubernetes.core.v1.Namespace(
+            "workloads-namespace",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=config.namespace,
+                labels={
+                    "app.kubernetes.io/part-of": "gemma-stack",
+                    # vLLM's image runs as root; restricted is reported, baseline enforced.
+                    "pod-security.kubernetes.io/enforce": "baseline",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            ),
+            opts=pulumi.ResourceOptions(provider=cluster.provider),
+        )
+
+    if config.chat_app.enabled and cluster is not None and namespace is not None:
+        # The workload pool PROJECT.svc.id.goog exists once the cluster does.
+        chat_identity = WorkloadIdentity(
+            "chat-app",
+            WorkloadIdentityArgs(
+                project_id=config.project,
+                project_number=project_number,
+                namespace=namespace.metadata.apply(lambda m: m.name or config.namespace),
+                ksa_name=config.chat_app.ksa_name,
+                project_roles=CHAT_PROJECT_ROLES,
+                k8s_provider=cluster.provider,
+                depends_on=[
+                    namespace,
+                    cluster.cluster,
+                    *apis.for_apis("cloudresourcemanager", "aiplatform", "firestore"),
+                ],
+            ),
+        )
+        chat_invoker = ImpersonatedServiceAccount(
+            "chat-invoker",
+            ImpersonatedServiceAccountArgs(
+                project_id=config.project,
+                account_id=CHAT_INVOKER_ACCOUNT_ID,
+                display_name="gemma-stack chat app: ID tokens for Cloud Run backends",
+                impersonators=[chat_identity.principal],
+                depends_on=[cluster.cluster, *apis.for_apis("iam", "iamcredentials")],
+            ),
+        )
+
+    return Platform(
+        config=config,
+        project_id=config.project,
+        project_number=project_number,
+        region=config.region,
+        services=apis,
+        registry=registry,
+        firestore=firestore,
+        hf_token=hf_token,
+        cluster=cluster,
+        namespace=namespace,
+        chat_identity=chat_identity,
+        chat_invoker=chat_invoker,
+        chat_image=chat_image,
+        inference_image=inference_image,
+    )
+
+
+def platform_outputs(platform: Platform) -> dict[str, Any]:
+    """Stack outputs a user needs after `pulumi up` (camelCase, like `pulumi stack output`)."""
+    config = platform.config
+    outputs: dict[str, Any] = {
+        "projectId": platform.project_id,
+        "projectNumber": platform.project_number,
+        "region": platform.region,
+        "enabledApis": sorted(platform.services.services),
+        "registryUrl": platform.registry.url,
+        "buildServiceAccount": platform.registry.build_service_account_email,
+        "buildStagingBucket": platform.registry.staging_bucket_name,
+    }
+    if platform.chat_image is not None:
+        outputs["chatImage"] = platform.chat_image
+    if platform.inference_image is not None:
+        outputs["inferenceImage"] = platform.inference_image
+    if platform.hf_token is not None:
+        outputs["hfTokenSecret"] = platform.hf_token.secret_id
+    if platform.firestore is not None:
+        outputs["firestoreDatabase"] = platform.firestore.name
+    if platform.cluster is not None:
+        outputs["clusterName"] = platform.cluster.name
+        outputs["namespace"] = config.namespace
+        outputs["clusterCredentialsCommand"] = pulumi.Output.concat(
+            "gcloud container clusters get-credentials ",
+            platform.cluster.name,
+            f" --region {config.region} --project {config.project}",
+        )
+    if platform.chat_identity is not None:
+        outputs["chatPrincipal"] = platform.chat_identity.principal
+    if platform.chat_invoker is not None:
+        outputs["chatInvokerServiceAccount"] = platform.chat_invoker.email
+    return outputs

@@ -1,0 +1,17 @@
+"""The whole gemma-stack deployment: the platform, then the serving backends on top of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stacks.config import StackConfig
+from stacks.platform import build_platform, platform_outputs
+from stacks.serving import deploy_serving
+
+
+def build_stack(config: StackConfig) -> dict[str, Any]:
+    """Create every resource for `config` and return the stack outputs by name."""
+    platform = build_platform(config)
+    outputs = platform_outputs(platform)
+    outputs.update(deploy_serving(platform))
+    return outputs

@@ -1,0 +1,540 @@
+"""Run the whole Pulumi program under mocks and record every resource it registers.
+
+Usage from any test::
+
+    from tests.pulumi_harness import run_program, dev_config
+
+    run = run_program()                                  # Pulumi.dev.yaml + a fake hfToken
+    run = run_program(overrides={"gemma-stack:gkeGemma": {"enabled": False}})
+    cluster = run.one("gcp:container/cluster:Cluster")
+    assert cluster.inputs["enableAutopilot"] is True
+    exc, registered = run_program_error({...})           # a config that must fail
+
+`inputs` are the engine's camelCase dicts with secrets unwrapped (so a leak of a secret
+value is visible to a plain string search) and `secret_paths` lists which input paths
+were marked secret. Each run gets a fresh Pulumi runtime (root stack, config, RPC
+manager), so many runs in one pytest process do not see each other; `isolated=True`
+runs the program in a child interpreter instead and sends the results back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import runpy
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT = "gemma-stack"
+STACK = "dev"
+FAKE_HF_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789abcdef"  # noqa: S105 - test data
+FAKE_PROJECT_NUMBER = "123456789012"
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+_SIG_KEY = "4dabf18193072939515e22adb298388d"
+_UNSET = object()
+
+
+@dataclass
+class RecordedResource:
+    """One resource registration as the engine saw it."""
+
+    type: str
+    name: str
+    urn: str
+    custom: bool
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    parent: str
+    dependencies: set[str]
+    property_dependencies: dict[str, set[str]]
+    provider: str
+    options: dict[str, Any]
+    secret_paths: set[str] = field(default_factory=set)
+
+    @property
+    def parent_type(self) -> str:
+        """The type token of the parent (`pulumi:pulumi:Stack` at top level)."""
+        return _type_of_urn(self.parent) if self.parent else ""
+
+    def all_dependencies(self) -> set[str]:
+        """URNs this resource waits for, from depends_on and from its inputs."""
+        deps = set(self.dependencies)
+        for urns in self.property_dependencies.values():
+            deps |= urns
+        return deps
+
+    def input_is_secret(self, key: str) -> bool:
+        """Whether the input `key` (or anything under it) was sent as a secret."""
+        return any(p == key or p.startswith(key + ".") for p in self.secret_paths)
+
+
+@dataclass
+class ProgramRun:
+    """Everything one run of `__main__.py` registered, called, exported and logged."""
+
+    resources: list[RecordedResource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    calls: list[tuple[str, dict[str, Any]]]
+    logs: list[tuple[str, str]]
+
+    def of_type(self, type_token: str) -> list[RecordedResource]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def one(self, type_token: str, name: str | None = None) -> RecordedResource:
+        found = [r for r in self.of_type(type_token) if name is None or r.name == name]
+        if len(found) != 1:
+            names = [r.name for r in self.of_type(type_token)]
+            raise AssertionError(
+                f"expected one {type_token} named {name!r}, found {len(found)} among {names}"
+            )
+        return found[0]
+
+    def named(self, name: str) -> RecordedResource:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise AssertionError(f"expected one resource named {name!r}, found {len(found)}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> RecordedResource:
+        for r in self.resources:
+            if r.urn == urn:
+                return r
+        raise KeyError(urn)
+
+    def children_of(self, parent: RecordedResource) -> list[RecordedResource]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+    def descendants_of(self, parent: RecordedResource) -> list[RecordedResource]:
+        out: list[RecordedResource] = []
+        todo = [parent.urn]
+        while todo:
+            urn = todo.pop()
+            kids = [r for r in self.resources if r.parent == urn]
+            out.extend(kids)
+            todo.extend(k.urn for k in kids)
+        return out
+
+    def waits_for(self, resource: RecordedResource, other: RecordedResource) -> bool:
+        """Whether `resource` transitively depends on `other` (depends_on, inputs or parents)."""
+        seen: set[str] = set()
+        todo = [resource.urn]
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            if urn == other.urn:
+                return True
+            try:
+                current = self.by_urn(urn)
+            except KeyError:
+                continue
+            todo.extend(current.all_dependencies())
+            if current.parent:
+                todo.append(current.parent)
+        return False
+
+    def warnings(self) -> list[str]:
+        return [msg for level, msg in self.logs if level in {"WARNING", "ERROR"}]
+
+    def dump(self, types: Iterable[str] | None = None) -> str:
+        """Inputs of all (or some) resources as JSON, for leak searches."""
+        wanted = set(types) if types is not None else None
+        return json.dumps(
+            [r.inputs for r in self.resources if wanted is None or r.type in wanted],
+            default=str,
+        )
+
+
+# --------------------------------------------------------------------------- config
+
+
+def dev_config(path: Path | None = None) -> dict[str, Any]:
+    """The `config:` map of Pulumi.dev.yaml (values as YAML parsed them)."""
+    data = yaml.safe_load((path or REPO_ROOT / "Pulumi.dev.yaml").read_text())
+    return dict((data or {}).get("config") or {})
+
+
+def _encode(value: Any) -> str:
+    # The engine hands every config value to the program as a string; objects as JSON.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+# --------------------------------------------------------------------------- mocks
+
+
+def _type_of_urn(urn: str) -> str:
+    return urn.split("::")[2].split("$")[-1]
+
+
+def _jsonable(value: Any, path: str, secret_paths: set[str]) -> Any:
+    """Plain data from deserialized inputs: secrets unwrapped and noted, resources by URN."""
+    if isinstance(value, dict):
+        if value.get(_SIG_KEY) == _SECRET_SIG:
+            secret_paths.add(path)
+            return _jsonable(value.get("value"), path, secret_paths)
+        return {
+            k: _jsonable(v, f"{path}.{k}" if path else k, secret_paths) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{path}[{i}]", secret_paths) for i, v in enumerate(value)]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911
+    """Outputs a provider would add after create, for the properties this program reads."""
+    project = inputs.get("project") or "my-gcp-project"
+    location = inputs.get("location") or inputs.get("region") or "us-central1"
+    out = dict(inputs)
+    if typ == "gcp:container/cluster:Cluster":
+        out.update(
+            name=inputs.get("name") or name,
+            endpoint="34.118.0.10",
+            masterAuth={
+                "clusterCaCertificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+                "clientCertificate": "",
+                "clientKey": "",
+            },
+            selfLink=f"https://container.googleapis.com/v1/projects/{project}/locations/{location}/clusters/{name}",
+        )
+        return out
+    if typ == "gcp:serviceaccount/account:Account":
+        email = f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"
+        out.update(
+            email=email,
+            member=f"serviceAccount:{email}",
+            name=f"projects/{project}/serviceAccounts/{email}",
+            uniqueId="109876543210987654321",
+        )
+        return out
+    if typ == "gcp:cloudrunv2/service:Service":
+        svc = inputs.get("name") or name
+        out.update(
+            name=svc,
+            uri=f"https://{svc}-a1b2c3d4e5-uc.a.run.app",
+            urls=[f"https://{svc}-{FAKE_PROJECT_NUMBER}.{location}.run.app"],
+        )
+        return out
+    if typ == "gcp:artifactregistry/repository:Repository":
+        repo = inputs.get("repositoryId") or name
+        out.update(
+            name=repo,
+            registryUri=f"{location}-docker.pkg.dev/{project}/{repo}",
+        )
+        return out
+    if typ == "gcp:secretmanager/secret:Secret":
+        out.update(name=f"projects/{FAKE_PROJECT_NUMBER}/secrets/{inputs.get('secretId')}")
+        return out
+    if typ == "gcp:secretmanager/secretVersion:SecretVersion":
+        out.update(name=f"{inputs.get('secret')}/versions/1", version="1")
+        return out
+    if typ == "gcp:storage/bucket:Bucket":
+        bucket = inputs.get("name") or f"{name}-a1b2c3"
+        out.update(
+            name=bucket,
+            url=f"gs://{bucket}",
+            selfLink=f"https://www.googleapis.com/storage/v1/b/{bucket}",
+        )
+        return out
+    if typ == "gcp:firestore/database:Database":
+        out.update(uid="f1a2b3c4-0000-4000-8000-000000000000")
+        return out
+    if typ.startswith("kubernetes:") and not typ.startswith("kubernetes:helm"):
+        meta = dict(inputs.get("metadata") or {})
+        meta.setdefault("name", f"{name}-a1b2c3")
+        meta.setdefault("namespace", "default")
+        out["metadata"] = meta
+        if typ == "kubernetes:core/v1:Service":
+            spec = dict(inputs.get("spec") or {})
+            spec.setdefault("clusterIP", "10.8.0.20")
+            out["spec"] = spec
+            out["status"] = {"loadBalancer": {"ingress": [{"ip": "10.128.0.50"}]}}
+        return out
+    if typ == "command:local:Command":
+        out.update(stdout="", stderr="")
+        return out
+    return out
+
+
+class _RecordingMocks:
+    """pulumi Mocks that fake provider outputs and record calls."""
+
+    def __init__(self, project_id: str) -> None:
+        self.project_id = project_id
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def new_resource(self, args: Any) -> tuple[str, dict[str, Any]]:
+        inputs = _jsonable(args.inputs, "", set())
+        state = _fake_outputs(args.typ, args.name, inputs)
+        return f"{args.name}-id", state
+
+    def call(self, args: Any) -> dict[str, Any]:
+        self.calls.append((args.token, _jsonable(args.args, "", set())))
+        if args.token == "gcp:organizations/getProject:getProject":
+            project = args.args.get("projectId") or self.project_id
+            return {
+                "projectId": project,
+                "number": FAKE_PROJECT_NUMBER,
+                "name": project,
+                "id": f"projects/{project}",
+            }
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            return {
+                "project": self.project_id,
+                "region": "us-central1",
+                "zone": "",
+                "accessToken": "ya29.fake",
+                "id": "client",
+            }
+        return {}
+
+    def register_transform(self, transform: Any) -> None:  # pragma: no cover - API hook
+        del transform
+
+    def register_invoke_transform(self, transform: Any) -> None:  # pragma: no cover
+        del transform
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelname, record.getMessage()))
+
+
+def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]) -> Any:
+    from pulumi.runtime import rpc
+    from pulumi.runtime.mocks import MockMonitor
+
+    class RecordingMonitor(MockMonitor):  # type: ignore[misc]
+        def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+            response = super().RegisterResource(request)
+            if request.type == "pulumi:pulumi:Stack":
+                return response
+            secret_paths: set[str] = set()
+            inputs = _jsonable(rpc.deserialize_properties(request.object), "", secret_paths)
+            registration = self.resources.get(response.urn)
+            timeouts = request.customTimeouts
+            recorded.append(
+                RecordedResource(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    custom=bool(request.custom),
+                    inputs=inputs,
+                    outputs=dict(registration.state) if registration else {},
+                    parent=request.parent,
+                    dependencies=set(request.dependencies),
+                    property_dependencies={
+                        k: set(v.urns) for k, v in request.propertyDependencies.items()
+                    },
+                    provider=request.provider,
+                    options={
+                        "protect": request.protect if request.HasField("protect") else None,
+                        "deleteBeforeReplace": request.deleteBeforeReplace,
+                        "ignoreChanges": list(request.ignoreChanges),
+                        "replaceOnChanges": list(request.replaceOnChanges),
+                        "additionalSecretOutputs": list(request.additionalSecretOutputs),
+                        "retainOnDelete": (
+                            request.retainOnDelete if request.HasField("retainOnDelete") else None
+                        ),
+                        "customTimeouts": {
+                            "create": timeouts.create,
+                            "update": timeouts.update,
+                            "delete": timeouts.delete,
+                        },
+                        "aliases": [str(a) for a in request.aliases],
+                        "version": request.version,
+                    },
+                    secret_paths=secret_paths,
+                )
+            )
+            return response
+
+    return RecordingMonitor(mocks)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _full_config(
+    config: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+    hf_token: str | None | object,
+) -> tuple[dict[str, str], list[str]]:
+    values = dict(dev_config() if config is None else config)
+    values.update(overrides or {})
+    secret_keys: list[str] = []
+    token = FAKE_HF_TOKEN if hf_token is _UNSET else hf_token
+    if token is not None and "gemma-stack:hfToken" not in values:
+        values["gemma-stack:hfToken"] = token
+    if "gemma-stack:hfToken" in values:
+        secret_keys.append("gemma-stack:hfToken")
+    # Overrides set to None remove a key, like `pulumi config rm`.
+    encoded = {k: _encode(v) for k, v in values.items() if v is not None}
+    return encoded, [k for k in secret_keys if k in encoded]
+
+
+def _run_in_process(
+    config: dict[str, str], secret_keys: list[str], program: Path
+) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+    from pulumi.runtime import settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    recorded: list[RecordedResource] = []
+    mocks = _RecordingMocks(config.get("gcp:project", "my-gcp-project"))
+    logger = logging.getLogger(f"pulumi-harness-{id(recorded)}")
+    logger.propagate = False
+    capture = _LogCapture()
+    logger.addHandler(capture)
+
+    # The runtime is process-global: start every run from a clean root stack and config.
+    settings.ROOT.set(None)
+    runtime_config.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(
+        mocks,  # type: ignore[arg-type]
+        project=PROJECT,
+        stack=STACK,
+        preview=False,
+        logger=logger,
+        monitor=_make_monitor(mocks, recorded),
+    )
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+
+    cwd = Path.cwd()
+    os.chdir(program.parent)  # Pulumi runs the program from the project directory.
+    sys.path.insert(0, str(program.parent))
+    error: BaseException | None = None
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__")))
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller
+        error = exc
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(program.parent))
+        logger.removeHandler(capture)
+
+    if error is not None:
+        return None, error, recorded
+
+    root = settings.get_root_resource()
+    exported: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+    for key, value in dict(getattr(root, "outputs", {})).items():
+        output = pulumi.Output.from_input(value)
+        exported[key] = _jsonable(_sync_await(output.future()), key, set())
+        if _sync_await(output.is_secret()):
+            secret_outputs.add(key)
+    run = ProgramRun(
+        resources=recorded,
+        outputs=exported,
+        secret_outputs=secret_outputs,
+        calls=mocks.calls,
+        logs=capture.records,
+    )
+    return run, None, recorded
+
+
+def _execute(
+    config: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+    hf_token: str | None | object,
+    isolated: bool,
+    program: Path | None,
+) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
+    encoded, secret_keys = _full_config(config, overrides, hf_token)
+    main = program or REPO_ROOT / "__main__.py"
+    if not isolated:
+        return _run_in_process(encoded, secret_keys, main)
+    payload = pickle.dumps((encoded, secret_keys, str(main)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.pulumi_harness"],
+        input=payload,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        check=False,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"isolated program run failed:\n{proc.stderr.decode()}")
+    result: tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]
+    result = pickle.loads(proc.stdout)  # noqa: S301 - our own child process
+    return result
+
+
+def run_program(
+    config: Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    hf_token: str | None | object = _UNSET,
+    isolated: bool = False,
+    program: Path | None = None,
+) -> ProgramRun:
+    """Run `__main__.py` under mocks (preview=False) and return what it registered.
+
+    config: full config map (namespaced keys such as `gcp:project`); default Pulumi.dev.yaml.
+    overrides: keys merged over it; a value of None removes the key.
+    hf_token: the secret `gemma-stack:hfToken` (default a fake token; None leaves it unset).
+    """
+    run, error, _ = _execute(config, overrides, hf_token, isolated, program)
+    if error is not None:
+        raise error
+    assert run is not None
+    return run
+
+
+def run_program_error(
+    config: Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    hf_token: str | None | object = _UNSET,
+    isolated: bool = False,
+) -> tuple[BaseException, list[RecordedResource]]:
+    """Run a program that must fail; return the error and whatever was registered first."""
+    _, error, recorded = _execute(config, overrides, hf_token, isolated, None)
+    if error is None:
+        raise AssertionError("the program ran without error")
+    return error, recorded
+
+
+def _child_main() -> None:
+    # Import by package name so pickled results name `tests.pulumi_harness`, not `__main__`.
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests import pulumi_harness
+
+    encoded, secret_keys, main = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main))
+    try:
+        blob = pickle.dumps((run, error, recorded))
+    except Exception:  # noqa: BLE001 - unpicklable errors travel as text
+        blob = pickle.dumps((run, RuntimeError(f"{type(error).__name__}: {error}"), recorded))
+    sys.stdout.buffer.write(blob)
+    sys.stdout.flush()
+    # Skip interpreter teardown of gRPC threads; the result is already written.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _child_main()
