@@ -31,12 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import yaml
+from pulumi.runtime import config as runtime_config
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "gemma-stack"
 STACK = "dev"
-FAKE_HF_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789abcdef"  # noqa: S105 - test data
+FAKE_HF_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789abcdef"
 FAKE_PROJECT_NUMBER = "123456789012"
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _SIG_KEY = "4dabf18193072939515e22adb298388d"
@@ -178,7 +184,7 @@ def _encode(value: Any) -> str:
 
 
 def _type_of_urn(urn: str) -> str:
-    return urn.split("::")[2].split("$")[-1]
+    return urn.split("::")[2].rsplit("$", maxsplit=1)[-1]
 
 
 def _jsonable(value: Any, path: str, secret_paths: set[str]) -> Any:
@@ -321,9 +327,6 @@ class _LogCapture(logging.Handler):
 
 
 def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]) -> Any:
-    from pulumi.runtime import rpc
-    from pulumi.runtime.mocks import MockMonitor
-
     class RecordingMonitor(MockMonitor):  # type: ignore[misc]
         def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
             response = super().RegisterResource(request)
@@ -378,7 +381,7 @@ def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]) -> A
 def _full_config(
     config: Mapping[str, Any] | None,
     overrides: Mapping[str, Any] | None,
-    hf_token: str | None | object,
+    hf_token: str | object | None,
 ) -> tuple[dict[str, str], list[str]]:
     values = dict(dev_config() if config is None else config)
     values.update(overrides or {})
@@ -396,12 +399,6 @@ def _full_config(
 def _run_in_process(
     config: dict[str, str], secret_keys: list[str], program: Path
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
-    import pulumi
-    from pulumi.runtime import config as runtime_config
-    from pulumi.runtime import settings
-    from pulumi.runtime.stack import run_pulumi_func
-    from pulumi.runtime.sync_await import _sync_await
-
     recorded: list[RecordedResource] = []
     mocks = _RecordingMocks(config.get("gcp:project", "my-gcp-project"))
     logger = logging.getLogger(f"pulumi-harness-{id(recorded)}")
@@ -429,7 +426,7 @@ def _run_in_process(
     error: BaseException | None = None
     try:
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__")))
-    except Exception as exc:  # noqa: BLE001 - handed back to the caller
+    except Exception as exc:
         error = exc
     finally:
         os.chdir(cwd)
@@ -460,7 +457,7 @@ def _run_in_process(
 def _execute(
     config: Mapping[str, Any] | None,
     overrides: Mapping[str, Any] | None,
-    hf_token: str | None | object,
+    hf_token: str | object | None,
     isolated: bool,
     program: Path | None,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
@@ -488,7 +485,7 @@ def run_program(
     config: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
-    hf_token: str | None | object = _UNSET,
+    hf_token: str | object | None = _UNSET,
     isolated: bool = False,
     program: Path | None = None,
 ) -> ProgramRun:
@@ -509,7 +506,7 @@ def run_program_error(
     config: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
-    hf_token: str | None | object = _UNSET,
+    hf_token: str | object | None = _UNSET,
     isolated: bool = False,
 ) -> tuple[BaseException, list[RecordedResource]]:
     """Run a program that must fail; return the error and whatever was registered first."""
@@ -522,13 +519,13 @@ def run_program_error(
 def _child_main() -> None:
     # Import by package name so pickled results name `tests.pulumi_harness`, not `__main__`.
     sys.path.insert(0, str(REPO_ROOT))
-    from tests import pulumi_harness
+    from tests import pulumi_harness  # noqa: PLC0415 - the path is set just above
 
     encoded, secret_keys, main = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main))
     try:
         blob = pickle.dumps((run, error, recorded))
-    except Exception:  # noqa: BLE001 - unpicklable errors travel as text
+    except Exception:
         blob = pickle.dumps((run, RuntimeError(f"{type(error).__name__}: {error}"), recorded))
     sys.stdout.buffer.write(blob)
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Make the repo root importable so tests can use `tests.pulumi_harness` and the program's packages."""
+"""Make the repo root importable, for `tests.pulumi_harness` and the program's own packages."""
 
 import sys
 from pathlib import Path
