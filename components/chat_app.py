@@ -39,8 +39,6 @@ class ChatBackend:
     api_key_env: str | None = None
     vertex: bool = False
     location: str | None = None
-    # The Cloud Run service behind base_url: the chat app gets run.invoker on it.
-    cloud_run: CloudRunGpuService | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = f"chat backend {self.id!r}"
@@ -110,7 +108,11 @@ class ChatBackend:
         id: str,
         label: str,
     ) -> ChatBackend:
-        """A Cloud Run GPU service, called with a Google ID token for its URL."""
+        """A Cloud Run GPU service, called with a Google ID token for its URL.
+
+        The token's account (ChatAppArgs.id_token_service_account) must be one of the
+        service's invokers.
+        """
         base_url = (
             pulumi.Output.concat(service.uri, "/v1")
             if service.api_kind == "openai"
@@ -123,7 +125,6 @@ class ChatBackend:
             model=service.model_name,
             base_url=base_url,
             auth="google-id-token",
-            cloud_run=service,
         )
 
 
@@ -157,8 +158,9 @@ class ChatAppArgs:
     backends: Sequence[ChatBackend]
     firestore_database: pulumi.Input[str] = "chat-app-db"
     exposure: Exposure = "internal"
-    # Google service account the chat app mints Cloud Run ID tokens as (6-30 chars).
-    caller_account_id: str = "chat-app-caller"
+    # Email of the service account the chat app's principal may mint ID tokens for; it must
+    # be an invoker of every Cloud Run backend (a federated KSA cannot hold an ID token).
+    id_token_service_account: pulumi.Input[str] | None = None
     iap_domain: str | None = None
     iap_static_ip_name: str | None = None
     # `/projects/NUMBER/global/backendServices/ID`, known after the first deploy.
@@ -195,10 +197,11 @@ class ChatAppArgs:
             raise ValueError(f"{where}: allowed_source_ranges applies to exposure 'login' only.")
         if self.iap_accessors and self.exposure != "iap":
             raise ValueError(f"{where}: iap_accessors applies to exposure 'iap' only.")
-        if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", self.caller_account_id):
+        uses_id_tokens = [b.id for b in self.backends if b.auth == "google-id-token"]
+        if uses_id_tokens and self.id_token_service_account is None:
             raise ValueError(
-                f"{where}: caller_account_id {self.caller_account_id!r} must be 6-30 lowercase "
-                "letters, digits or hyphens."
+                f"{where}: backends {uses_id_tokens} are called with Google ID tokens; set "
+                "id_token_service_account to an account that may invoke them."
             )
         if self.replicas < 1:
             raise ValueError(f"{where}: replicas must be at least 1.")
@@ -215,7 +218,6 @@ class ChatApp(pulumi.ComponentResource):
     url: pulumi.Output[str]
     access_hint: pulumi.Output[str]
     backends_json: pulumi.Output[str]
-    caller_email: pulumi.Output[str] | None
 
     def __init__(
         self, name: str, args: ChatAppArgs, opts: pulumi.ResourceOptions | None = None
@@ -248,9 +250,8 @@ class ChatApp(pulumi.ComponentResource):
         if args.iap_audience is not None:
             env.append(_env("IAP_AUDIENCE", args.iap_audience))
 
-        self.caller_email = self._grant_cloud_run_calls(name, args)
-        if self.caller_email is not None:
-            env.append(_env("ID_TOKEN_SERVICE_ACCOUNT", self.caller_email))
+        if args.id_token_service_account is not None:
+            env.append(_env("ID_TOKEN_SERVICE_ACCOUNT", args.id_token_service_account))
 
         self.login_secret: kubernetes.core.v1.Secret | None = None
         if args.exposure == "login" and args.login_credentials is not None:
@@ -383,43 +384,6 @@ class ChatApp(pulumi.ComponentResource):
                 "accessHint": self.access_hint,
             }
         )
-
-    def _grant_cloud_run_calls(self, name: str, args: ChatAppArgs) -> pulumi.Output[str] | None:
-        """A GSA the chat principal mints ID tokens as, with run.invoker on each service."""
-        targets = [b for b in args.backends if b.cloud_run is not None]
-        if not targets:
-            return None
-        child = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
-        # A federated KSA principal cannot hold an ID token itself, so it impersonates this
-        # account, which can do nothing but invoke the chat app's Cloud Run backends.
-        caller = gcp.serviceaccount.Account(
-            f"{name}-caller",
-            project=args.project_id,
-            account_id=args.caller_account_id,
-            display_name="Chat app: calls Cloud Run model services",
-            opts=child,
-        )
-        gcp.serviceaccount.IAMMember(
-            f"{name}-mints-id-tokens",
-            service_account_id=caller.name,
-            role="roles/iam.serviceAccountOpenIdTokenCreator",
-            member=args.ksa_principal,
-            opts=child,
-        )
-        caller_member = caller.email.apply(lambda e: f"serviceAccount:{e}")
-        for backend in targets:
-            service = backend.cloud_run
-            assert service is not None  # noqa: S101 - filtered above; narrows the type
-            gcp.cloudrunv2.ServiceIamMember(
-                f"{name}-invokes-{backend.id}",
-                project=args.project_id,
-                location=service.location,
-                name=service.service_name,
-                role="roles/run.invoker",
-                member=caller_member,
-                opts=child,
-            )
-        return caller.email
 
     def _service(
         self,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 import pulumi_gcp as gcp
@@ -14,7 +15,7 @@ from components.gemma_on_gke import VLLM_IMAGE
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
 ApiKind = Literal["openai", "gemini"]
-PrebuiltVariant = Literal["1b", "4b", "12b", "27b"]
+PREBUILT_VARIANTS = ("1b", "4b", "12b", "27b")
 
 PREBUILT_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/gemma3-{variant}"
 L4 = "nvidia-l4"
@@ -177,40 +178,99 @@ def _gib(value: str) -> float:
     raise ValueError(f"memory {value!r} needs a unit such as Gi or Mi, e.g. '32Gi'.")
 
 
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The knobs every flavour shares; defaults are BRIEF's settings for the prebuilt image."""
+
+    cpu: str = "8"
+    memory: str = "32Gi"
+    concurrency: int = 4
+    max_instances: int = 1
+    min_instances: int = 0
+    timeout_seconds: int = 600
+    gpu_zonal_redundancy_disabled: bool = True
+    public: bool = False
+    ingress: str = "INGRESS_TRAFFIC_ALL"
+    deletion_protection: bool = False
+
+
+VLLM_SETTINGS = ServiceSettings(concurrency=16)
+# The team's working settings for a fine-tuned 1B: one request at a time, 15 min timeout.
+FINETUNED_SETTINGS = ServiceSettings(cpu="4", memory="16Gi", concurrency=1, timeout_seconds=900)
+
+
+def invokers_from(members: Sequence[str]) -> dict[str, str]:
+    """Stable binding labels for plain IAM members from config (label -> member)."""
+    labelled: dict[str, str] = {}
+    for member in members:
+        slug = re.sub(r"[^a-z0-9]+", "-", member.lower().split(":", 1)[-1]).strip("-")
+        digest = hashlib.sha256(member.encode()).hexdigest()[:6]
+        labelled[f"{slug[:24].strip('-')}-{digest}"] = member
+    return labelled
+
+
+def _common(settings: ServiceSettings) -> dict[str, Any]:
+    return {
+        "cpu": settings.cpu,
+        "memory": settings.memory,
+        "concurrency": settings.concurrency,
+        "max_instances": settings.max_instances,
+        "min_instances": settings.min_instances,
+        "timeout_seconds": settings.timeout_seconds,
+        "gpu_zonal_redundancy_disabled": settings.gpu_zonal_redundancy_disabled,
+        "public": settings.public,
+        "ingress": settings.ingress,
+        "deletion_protection": settings.deletion_protection,
+    }
+
+
 def prebuilt_gemma(
     *,
     project_id: pulumi.Input[str],
     region: str,
-    variant: PrebuiltVariant,
+    variant: str,
     invokers: Mapping[str, pulumi.Input[str]],
-    concurrency: int = 4,
-    max_instances: int = 1,
+    settings: ServiceSettings = ServiceSettings(),
+    ollama_num_parallel: int | None = None,
+    image: str | None = None,
     service_name: str | None = None,
+    depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> CloudRunGpuServiceArgs:
-    """Google's prebuilt Gemma 3 image (Ollama inside), with BRIEF's recommended settings."""
-    if variant not in ("1b", "4b", "12b", "27b"):
-        raise ValueError(f"prebuilt Gemma 3 variant {variant!r}: choose 1b, 4b, 12b or 27b.")
+    """Google's prebuilt Gemma 3 image (Ollama inside), spoken to through its Gemini API.
+
+    `variant` is `1b`, `4b`, `12b` or `27b` (or the image name, `gemma3-4b`).
+    `ollama_num_parallel` defaults to the concurrency; keep concurrency between it and twice it.
+    """
+    size = variant.removeprefix("gemma3-")
+    if size not in PREBUILT_VARIANTS:
+        raise ValueError(
+            f"prebuilt Gemma 3 variant {variant!r} has no image; choose one of "
+            f"{', '.join(PREBUILT_VARIANTS)}."
+        )
+    parallel = ollama_num_parallel or settings.concurrency
+    if not parallel <= settings.concurrency <= 2 * parallel:
+        raise ValueError(
+            f"prebuilt Gemma: concurrency {settings.concurrency} should be between "
+            f"OLLAMA_NUM_PARALLEL={parallel} (best latency) and twice it (best utilization)."
+        )
     return CloudRunGpuServiceArgs(
         project_id=project_id,
         region=region,
         flavour="prebuilt",
-        image=PREBUILT_IMAGE.format(variant=variant),
-        model_name=f"gemma3:{variant}",
+        image=image or PREBUILT_IMAGE.format(variant=size),
+        model_name=f"gemma3:{size}",
         api_kind="gemini",
-        cpu="8",
-        memory="32Gi",
-        concurrency=concurrency,
-        max_instances=max_instances,
-        timeout_seconds=600,
-        # Ollama parallelism must match what Cloud Run sends one instance, or requests queue.
-        env={"OLLAMA_NUM_PARALLEL": str(concurrency)},
+        # Ollama's parallelism must match what Cloud Run sends one instance, or requests queue.
+        env={"OLLAMA_NUM_PARALLEL": str(parallel)},
         # Weights ship in the image and Ollama loads them on the first request, so the port
-        # opens quickly; the 600 s request timeout covers that first load.
+        # opens quickly; the request timeout covers that first load.
         startup_probe=StartupProbe(
             path=None, initial_delay_seconds=0, period_seconds=10, failure_threshold=24
         ),
         invokers=invokers,
         service_name=service_name,
+        depends_on=depends_on,
+        **_common(settings),
     )
 
 
@@ -224,13 +284,16 @@ def vllm_gemma(
     hf_token_secret: pulumi.Input[str] | None = None,
     model_bucket: pulumi.Input[str] | None = None,
     model_path: str = "",
-    concurrency: int = 16,
-    max_instances: int = 1,
+    settings: ServiceSettings = VLLM_SETTINGS,
     image: str = VLLM_IMAGE,
     service_name: str | None = None,
+    depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> CloudRunGpuServiceArgs:
-    """vLLM's OpenAI server; weights from a GCS bucket mount or from the Hub with a token
-    read from Secret Manager at run time (never at build time)."""
+    """vLLM's OpenAI server; weights from a GCS bucket mount, or from the Hub with the token
+    read from Secret Manager at run time (never at build time).
+
+    `model_id` is the name clients send as `model` (for a bucket, any name you choose).
+    """
     if (model_bucket is None) == (hf_token_secret is None):
         raise ValueError(
             "vllm_gemma: give exactly one model source: model_bucket (a folder in GCS) or "
@@ -260,17 +323,13 @@ def vllm_gemma(
         image=image,
         model_name=model_id,
         api_kind="openai",
-        cpu="8",
-        memory="32Gi",
-        concurrency=concurrency,
-        max_instances=max_instances,
-        timeout_seconds=600,
         args=(
             f"--model={model_arg}",
             f"--served-model-name={model_id}",
             "--gpu-memory-utilization=0.90",
             f"--max-model-len={max_model_len}",
-            f"--max-num-seqs={concurrency}",
+            # One instance batches exactly what Cloud Run sends it.
+            f"--max-num-seqs={settings.concurrency}",
             "--host=0.0.0.0",
             "--port=8080",
         ),
@@ -283,6 +342,8 @@ def vllm_gemma(
         ),
         invokers=invokers,
         service_name=service_name,
+        depends_on=depends_on,
+        **_common(settings),
     )
 
 
@@ -295,8 +356,9 @@ def finetuned_gemma(
     model_path: str,
     invokers: Mapping[str, pulumi.Input[str]],
     model_name: str = "gemma-3-finetuned",
-    max_instances: int = 1,
+    settings: ServiceSettings = FINETUNED_SETTINGS,
     service_name: str | None = None,
+    depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> CloudRunGpuServiceArgs:
     """Our inference app serving a merged model folder it reads from gs:// at start."""
     if model_path.startswith(("gs://", "/")) or not model_path:
@@ -311,12 +373,6 @@ def finetuned_gemma(
         image=image,
         model_name=model_name,
         api_kind="openai",
-        # The team's working settings for a 1B model: one request at a time, 15 min timeout.
-        cpu="4",
-        memory="16Gi",
-        concurrency=1,
-        max_instances=max_instances,
-        timeout_seconds=900,
         env={
             "MODEL_URI": pulumi.Output.concat("gs://", model_bucket, "/", model_path),
             "SERVED_MODEL_NAME": model_name,
@@ -328,6 +384,8 @@ def finetuned_gemma(
         ),
         invokers=invokers,
         service_name=service_name,
+        depends_on=depends_on,
+        **_common(settings),
     )
 
 

@@ -31,31 +31,15 @@ SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 
 @dataclass(frozen=True)
 class PodResources:
-    """CPU, memory and local disk for one vLLM pod (Autopilot sets limits to requests)."""
+    """CPU, memory and local disk for one vLLM pod (Autopilot sets limits to requests).
+
+    Take them from the sizing table (stacks/gemma_sizing.py): the disk must hold the
+    downloaded weights plus vLLM's compile caches; Autopilot's 1 GiB default does not.
+    """
 
     cpu: str
     memory: str
     ephemeral_storage: str
-
-
-# Sized for Autopilot's L4 shapes: disk holds the HF download plus vLLM's compile caches,
-# memory holds the weights while they stream to the GPUs.
-POD_RESOURCES = {
-    "1b": PodResources(cpu="4", memory="16Gi", ephemeral_storage="20Gi"),
-    "4b": PodResources(cpu="4", memory="24Gi", ephemeral_storage="40Gi"),
-    "12b": PodResources(cpu="8", memory="48Gi", ephemeral_storage="64Gi"),
-    "27b": PodResources(cpu="16", memory="96Gi", ephemeral_storage="100Gi"),
-}
-
-
-def pod_resources_for(variant: str) -> PodResources:
-    """The pod sizing for a Gemma 3 variant (`1b`, `4b`, `12b`, `27b`)."""
-    try:
-        return POD_RESOURCES[variant]
-    except KeyError:
-        raise ValueError(
-            f"unknown Gemma 3 variant {variant!r}; choose one of {sorted(POD_RESOURCES)}"
-        ) from None
 
 
 @dataclass(frozen=True)
