@@ -81,6 +81,14 @@ def _startup_probe_period(
                 f"{MAX_STARTUP_PROBE_PERIOD_S} and raise failureThreshold to allow a longer "
                 "model load (total = period x failureThreshold)."
             )
+        delay = probe.get("initialDelaySeconds")
+        if isinstance(delay, int | float) and delay > MAX_STARTUP_PROBE_PERIOD_S:
+            messages.append(
+                f"Startup probe of {name!r} has initialDelaySeconds={delay:g}; Cloud Run "
+                f"allows at most {MAX_STARTUP_PROBE_PERIOD_S} s. Use up to "
+                f"{MAX_STARTUP_PROBE_PERIOD_S} s of initial delay plus failureThreshold x "
+                "periodSeconds for the rest of the model load."
+            )
         if (
             isinstance(period, int | float)
             and isinstance(timeout, int | float)
@@ -157,46 +165,58 @@ def _grant_target(
     return None
 
 
+def _service_name(service: StackResource) -> str:
+    name = service.props.get("name")
+    if isinstance(name, str) and name and not is_unknown(name):
+        return name.rsplit("/", 1)[-1]
+    return service.name
+
+
 def _public_access(
     resources: Sequence[StackResource], context: RuleContext
 ) -> list[tuple[str, str]]:
-    del context
     by_urn = {r.urn: r for r in resources if r.urn}
     targets = [r for r in resources if r.type in _TARGET_TYPES]
-    how_to_open = (
-        f"If it really must be public, set `public: true` for it in the stack config (the "
-        f'component then labels the service {PUBLIC_LABEL}: "true").'
-    )
     found: list[tuple[str, str]] = []
-    for service in targets:
-        if service.props.get("invokerIamDisabled") is True and not is_marked_public(service.props):
+
+    def refuse(what: str, target: StackResource | None, urn: str) -> None:
+        if target is not None and is_marked_public(target.props):
+            name = _service_name(target)
+            if name in context.approved_public:
+                return
             found.append(
                 (
-                    f"Cloud Run {service.name!r} sets invokerIamDisabled, so anyone on the "
-                    "internet can call it. Remove invokerIamDisabled and grant "
-                    f"roles/run.invoker to named principals. {how_to_open}",
-                    service.urn,
+                    f"{what} Cloud Run {name!r}, which the stack marks public (`public: true`) "
+                    "but the policy owner has not approved: anyone on the internet could run "
+                    "GPU inference at your cost. Set `public: false` and grant "
+                    "roles/run.invoker to named principals, or have the policy owner add "
+                    f"{name!r} to this rule's publicCloudRunServices config.",
+                    urn,
                 )
             )
+            return
+        where = f"Cloud Run {_service_name(target)!r}" if target else "a Cloud Run service or job"
+        found.append(
+            (
+                f"{what} {where}, which is not marked public: anyone could run GPU inference "
+                "at your cost. Grant roles/run.invoker to named principals (such as the chat "
+                "app's identity) instead. A deliberate public endpoint needs `public: true` "
+                f"in the stack config (the service then carries the label {PUBLIC_LABEL}: "
+                '"true") and the policy owner\'s approval in publicCloudRunServices.',
+                urn,
+            )
+        )
+
+    for service in targets:
+        if service.props.get("invokerIamDisabled") is True:
+            refuse("invokerIamDisabled turns off the invoker check of", service, service.urn)
     for grant in resources:
         if grant.type not in INVOKER_GRANT_TYPES:
             continue
         public = sorted({m for _, m in iam_grants(grant.type, grant.props)} & PUBLIC_MEMBERS)
-        if not public:
-            continue
-        target = _grant_target(grant, by_urn, targets)
-        if target is not None and is_marked_public(target.props):
-            continue
-        where = f"Cloud Run {target.name!r}" if target else "a Cloud Run service or job"
-        found.append(
-            (
-                f"{grant.name!r} grants {' and '.join(public)} access to {where}, which is not "
-                "marked public: anyone could run GPU inference at your cost. Grant "
-                "roles/run.invoker to named principals (such as the chat app's identity) "
-                f"instead. {how_to_open}",
-                grant.urn,
-            )
-        )
+        if public:
+            target = _grant_target(grant, by_urn, targets)
+            refuse(f"{grant.name!r} grants {' and '.join(public)} access to", target, grant.urn)
     return found
 
 
@@ -204,16 +224,23 @@ NO_PUBLIC_CLOUD_RUN = StackRule(
     name="no-public-cloud-run",
     description=(
         "No allUsers/allAuthenticatedUsers (or invokerIamDisabled) on Cloud Run services or "
-        f'jobs unless the service carries the label {PUBLIC_LABEL}: "true".'
+        f'jobs, unless the service carries the label {PUBLIC_LABEL}: "true" and the policy '
+        "owner lists it in publicCloudRunServices."
     ),
     enforcement=MANDATORY,
     check=_public_access,
-    remediation="Grant roles/run.invoker to named principals; opt in with `public: true`.",
+    remediation=(
+        "Grant roles/run.invoker to named principals; a public endpoint needs `public: true` "
+        "and approval in publicCloudRunServices."
+    ),
 )
 
 CLOUD_RUN_STARTUP_PROBE_PERIOD = ResourceRule(
     name="cloud-run-startup-probe-period",
-    description=f"Cloud Run startup probes use periodSeconds <= {MAX_STARTUP_PROBE_PERIOD_S}.",
+    description=(
+        f"Cloud Run startup probes use periodSeconds and initialDelaySeconds <= "
+        f"{MAX_STARTUP_PROBE_PERIOD_S}, and timeoutSeconds <= periodSeconds."
+    ),
     enforcement=MANDATORY,
     check=_startup_probe_period,
     resource_types=frozenset({SERVICE, JOB, LEGACY_SERVICE}),

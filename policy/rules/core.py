@@ -54,6 +54,8 @@ class RuleContext:
 
     stack: str = "dev"
     dev_stacks: frozenset[str] = frozenset()
+    # Cloud Run services the policy owner has approved for public access (pack config).
+    approved_public: frozenset[str] = frozenset()
 
     @property
     def is_dev(self) -> bool:
@@ -67,8 +69,14 @@ def engine_context(config: Mapping[str, Any] | None = None) -> RuleContext:
         stack = pulumi.get_stack()
     except Exception:  # outside an engine run there is no stack
         stack = ""
-    dev = (config or {}).get("devStacks") or ()
-    return RuleContext(stack=stack, dev_stacks=frozenset(str(s) for s in dev))
+    config = config or {}
+    dev = config.get("devStacks") or ()
+    public = config.get("publicCloudRunServices") or ()
+    return RuleContext(
+        stack=stack,
+        dev_stacks=frozenset(str(s) for s in dev),
+        approved_public=frozenset(str(s) for s in public),
+    )
 
 
 def plain(value: Any) -> Any:
@@ -141,7 +149,7 @@ class ResourceRule:
             description=self.description,
             validate=validate,
             enforcement_level=self.enforcement,
-            config_schema=_DEV_STACKS_SCHEMA,
+            config_schema=_CONFIG_SCHEMA,
             remediation_steps=self.remediation or None,
         )
 
@@ -205,18 +213,24 @@ class StackRule:
             description=self.description,
             validate=validate,
             enforcement_level=self.enforcement,
-            config_schema=_DEV_STACKS_SCHEMA,
+            config_schema=_CONFIG_SCHEMA,
             remediation_steps=self.remediation or None,
         )
 
 
-_DEV_STACKS_SCHEMA = PolicyConfigSchema(
+_CONFIG_SCHEMA = PolicyConfigSchema(
     properties={
         "devStacks": {
             "type": "array",
             "items": {"type": "string"},
             "description": "Stack names treated as dev besides `dev`, `dev-*` and `*-dev`.",
-        }
+        },
+        "publicCloudRunServices": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Cloud Run services approved to be public (they must also be "
+            "labelled gemma-stack-public by `public: true` in the stack config).",
+        },
     }
 )
 

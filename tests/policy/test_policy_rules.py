@@ -239,13 +239,24 @@ def test_cloud_run_invokers_must_be_named_principals() -> None:
     assert "`public: true`" in message
 
 
-def test_a_service_labelled_public_may_be_opened() -> None:
+APPROVED = RuleContext(stack="prod", approved_public=frozenset({"gemma-vllm"}))
+
+
+def test_a_public_service_needs_the_label_and_the_policy_owners_approval() -> None:
     rule = cloudrun.NO_PUBLIC_CLOUD_RUN
     public = run_service(labels={cloudrun.PUBLIC_LABEL: "true"})
-    assert rule.validate([_service(public), _grant(["allUsers"])], PROD) == []
+    assert rule.validate([_service(public), _grant(["allUsers"])], APPROVED) == []
+    # Marked public by the stack alone: the policy owner has not signed off.
+    ((message, _),) = rule.validate([_service(public), _grant(["allUsers"])], PROD)
+    assert "marks public (`public: true`) but the policy owner has not approved" in message
+    assert "publicCloudRunServices" in message
+    # Approval without the label (an accident in the stack) is not enough either.
+    assert rule.validate([_service(run_service()), _grant(["allUsers"])], APPROVED)
     # The label on another service does not open this one.
     other = StackResource(type=RUN_SERVICE, name="other", props=public, urn="urn:other")
-    found = rule.validate([other, _service(run_service()), _grant(["allAuthenticatedUsers"])])
+    found = rule.validate(
+        [other, _service(run_service()), _grant(["allAuthenticatedUsers"])], APPROVED
+    )
     assert len(found) == 1
     assert "allAuthenticatedUsers" in found[0][0]
 
@@ -262,10 +273,10 @@ def test_public_grants_are_matched_to_their_service_by_name_without_dependencies
         },
     )
     public = run_service(labels={cloudrun.PUBLIC_LABEL: "true"})
-    assert rule.validate([StackResource(RUN_SERVICE, "svc", public), grant]) == []
+    assert rule.validate([StackResource(RUN_SERVICE, "svc", public), grant], APPROVED) == []
     assert len(rule.validate([StackResource(RUN_SERVICE, "svc", run_service()), grant])) == 1
     # A grant whose target cannot be found is refused rather than trusted.
-    ((message, _),) = rule.validate([grant])
+    ((message, _),) = rule.validate([grant], APPROVED)
     assert "a Cloud Run service or job" in message
 
 
@@ -281,7 +292,8 @@ def test_job_grants_and_disabled_invoker_checks_count_as_public() -> None:
     ((message, _),) = rule.validate([open_service])
     assert "invokerIamDisabled" in message
     marked = _service(run_service(invokerIamDisabled=True, labels={cloudrun.PUBLIC_LABEL: "true"}))
-    assert rule.validate([marked]) == []
+    assert rule.validate([marked], APPROVED) == []
+    assert rule.validate([marked], PROD)
 
 
 def test_cloud_run_startup_probe_period_is_at_most_240_seconds() -> None:
@@ -298,6 +310,10 @@ def test_cloud_run_startup_probe_period_is_at_most_240_seconds() -> None:
     )
     (message,) = only_messages(rule, RUN_SERVICE, bad_timeout)
     assert "timeout <= period" in message
+    long_delay = run_service()
+    long_delay["template"]["containers"][0]["startupProbe"]["initialDelaySeconds"] = 600
+    (message,) = only_messages(rule, RUN_SERVICE, long_delay)
+    assert "initialDelaySeconds=600" in message
 
 
 def test_cloud_run_runs_as_a_dedicated_service_account() -> None:
