@@ -7,6 +7,7 @@ message names the URI, what is missing and the likely fix (failures 4, 5 and 6).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -90,9 +91,27 @@ def validate_model_dir(path: Path, uri: str | None = None) -> None:
     path = Path(path)
     name = uri or str(path)
     if not path.is_dir():
-        raise ModelSourceError(f"{name}: folder does not exist.")
-    files = {p.name for p in path.iterdir() if p.is_file()}
-    config_path = path / "config.json"
+        raise ModelSourceError(
+            f"{name}: folder does not exist. Mount or copy the merged model folder there."
+        )
+    check_file_names({p.name for p in path.iterdir() if p.is_file()}, name)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelSourceError(
+            f"{name}: config.json is not valid JSON ({error}); the upload may be truncated. "
+            "Copy the merged model folder again."
+        ) from error
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ModelSourceError(
+            f"{name}: config.json has no model_type key, so transformers cannot tell which "
+            "model it is. Save the merged model with save_pretrained() (it writes model_type, "
+            'e.g. "gemma3_text") and upload that config.json.'
+        )
+
+
+def check_file_names(files: set[str], name: str) -> None:
+    """Check a folder's file names (top level) before anything is downloaded or loaded."""
     if "config.json" not in files:
         hint = (
             "this looks like a LoRA adapter (adapter_config.json found); "
@@ -105,20 +124,7 @@ def validate_model_dir(path: Path, uri: str | None = None) -> None:
             "(model.merge_and_unload()), save_pretrained() the result and its tokenizer, "
             "and copy that whole folder."
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelSourceError(
-            f"{name}: config.json is not valid JSON ({error}); the upload may be truncated. "
-            "Copy the merged model folder again."
-        ) from error
-    if not isinstance(config, dict) or not config.get("model_type"):
-        raise ModelSourceError(
-            f"{name}: config.json has no model_type key, so transformers cannot tell which "
-            "model it is. Save the merged model with save_pretrained() (it writes model_type, "
-            'e.g. "gemma3_text") and upload that config.json.'
-        )
-    if not any(path.glob(pattern) for pattern in WEIGHT_PATTERNS):
+    if not any(fnmatch.fnmatch(f, pattern) for f in files for pattern in WEIGHT_PATTERNS):
         raise ModelSourceError(
             f"{name}: no weights (model.safetensors or pytorch_model.bin) next to config.json "
             f"(found: {_listing(files)}). Upload the merged model's weight files too."
@@ -150,7 +156,9 @@ class _Object:
 def gcs_filesystem(endpoint_url: str | None = None) -> Any:
     """A gcsfs filesystem; anonymous when an emulator endpoint is used."""
     # The core class skips gcsfs's zonal/HNS bucket-type probe over gRPC, which stalls
-    # for a minute against emulators and is not needed to read objects.
+    # for a minute against emulators and is not needed to read objects; the switch also
+    # spares importing the gRPC clients.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     from gcsfs.core import GCSFileSystem  # noqa: PLC0415 - heavy import, only for gs://
 
     endpoint = endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST") or None
@@ -175,6 +183,8 @@ def download_gcs_folder(
         raise ModelSourceError(f"{uri}: no bucket name; use gs://BUCKET/PATH/TO/MODEL.")
     fs = gcs_filesystem(endpoint_url)
     objects = _list_objects(fs, uri, bucket, bucket_and_prefix)
+    # Fail before downloading gigabytes of an adapter or a half-uploaded folder.
+    check_file_names({o.relative for o in objects if "/" not in o.relative}, uri)
     digest = hashlib.sha256(
         json.dumps([(o.relative, o.size, o.etag) for o in objects]).encode()
     ).hexdigest()
@@ -228,6 +238,8 @@ def download_gcs_folder(
 def _list_objects(fs: Any, uri: str, bucket: str, bucket_and_prefix: str) -> list[_Object]:
     try:
         found = fs.find(bucket_and_prefix, detail=True)
+    except FileNotFoundError:
+        found = {}
     except Exception as error:
         raise gcs_error(uri, error) from error
     prefix = bucket_and_prefix.rstrip("/") + "/"

@@ -1,0 +1,135 @@
+"""Run a local Cloud Storage emulator (gcp-storage-emulator), upload folders, give clients its env.
+
+with GcsEmulator.start() as gcs:
+    uri = gcs.upload_folder(model_dir, "gs://models/gemma-sql")
+    subprocess.run([...], env={**os.environ, **gcs.env()})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+# gcsfs's extended filesystem probes each bucket's layout over gRPC first, which an emulator
+# cannot answer; this switch makes ``import gcsfs`` use the plain JSON-API filesystem.
+CLIENT_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class GcsEmulator:
+    """A gcp-storage-emulator process on a free 127.0.0.1 port, kept in memory."""
+
+    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int) -> None:
+        self.process = process
+        self.host = host
+        self.port = port
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1", timeout_s: float = 30.0) -> GcsEmulator:
+        port = free_port(host)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gcp_storage_emulator",
+                "start",
+                f"--host={host}",
+                f"--port={port}",
+                "--in-memory",
+                "--quiet",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        emulator = cls(process, host, port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"gcp-storage-emulator exited with code {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{emulator.endpoint}/storage/v1/b", timeout=1):  # noqa: S310
+                    return emulator
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        emulator.stop()
+        raise RuntimeError(f"gcp-storage-emulator did not answer on {emulator.endpoint}")
+
+    def env(self) -> dict[str, str]:
+        """Environment for processes that should talk to this emulator."""
+        return {"STORAGE_EMULATOR_HOST": self.endpoint, **CLIENT_ENV}
+
+    def filesystem(self) -> Any:
+        os.environ.update(CLIENT_ENV)
+        from gcsfs.core import GCSFileSystem  # noqa: PLC0415 - only when uploading
+
+        return GCSFileSystem(endpoint_url=self.endpoint, token="anon", skip_instance_cache=True)  # noqa: S106
+
+    def create_bucket(self, bucket: str) -> None:
+        fs = self.filesystem()
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+
+    def upload_folder(self, folder: Path, uri: str) -> str:
+        """Copy every file under ``folder`` to ``uri`` (gs://bucket/prefix) and return the uri."""
+        bucket_and_prefix = uri.removeprefix("gs://").strip("/")
+        self.create_bucket(bucket_and_prefix.split("/", 1)[0])
+        fs = self.filesystem()
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(folder).as_posix()
+                fs.put_file(str(path), f"{bucket_and_prefix}/{relative}")
+        return f"gs://{bucket_and_prefix}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    """Run an emulator in the foreground: ``python -m devtools.gcs_emulator [FOLDER gs://URI]``."""
+    with GcsEmulator.start() as gcs:
+        if len(sys.argv) == 3:
+            gcs.upload_folder(Path(sys.argv[1]), sys.argv[2])
+        for key, value in gcs.env().items():
+            print(f"export {key}={value}")
+        with contextlib.suppress(KeyboardInterrupt):
+            gcs.process.wait()
+
+
+if __name__ == "__main__":
+    os.environ.update(CLIENT_ENV)
+    main()
