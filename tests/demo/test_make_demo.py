@@ -1,0 +1,190 @@
+"""Smoke test of `make demo`: the real command, a real chat message, and nothing left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from google.cloud import firestore
+from gradio_client import Client
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+URL_LINE = re.compile(r"Open (http://127\.0\.0\.1:(\d+)) in your browser")
+URL_TIMEOUT_S = 150
+OFFLINE_LABEL = "Offline demo model (random weights: replies are gibberish)"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RunningDemo:
+    """`make demo` in its own process group, with its output collected line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.url_seen = threading.Event()
+        self.url = ""
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "demo"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Like a terminal: Ctrl-C goes to make and the demo, which are one group.
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if (match := URL_LINE.search(line)) and not self.url_seen.is_set():
+                self.url = match.group(1)
+                self.url_seen.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while not self.url_seen.wait(0.5):
+            assert self.process.poll() is None, f"make demo exited early:\n{self.output}"
+            assert time.monotonic() < deadline, f"no URL after {timeout} s:\n{self.output}"
+        return self.url
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def interrupt(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(timeout=60)
+        self._reader.join(timeout=10)
+
+    def kill_everything(self, known: list[psutil.Process]) -> None:
+        """Last resort after a failure, so a broken demo never outlives its test."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for proc in known:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        self.process.wait()
+
+
+def _still_running(procs: list[psutil.Process]) -> list[str]:
+    _gone, alive = psutil.wait_procs(procs, timeout=10)
+    left = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+@pytest.fixture
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # An outer `make test` must not hand its jobserver or flags to this make.
+        if key not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MODEL_URI"}
+    }
+    env |= {
+        "DEMO_HOME": str(tmp_path / "demo"),
+        "DEMO_CHAT_PORT": str(_free_port()),
+        "DEMO_INFERENCE_PORT": str(_free_port()),
+        "DEMO_FIRESTORE_PORT": str(_free_port()),
+        # No Google credentials, as on a fresh laptop: the demo must run fully offline.
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-credentials.json"),
+        "GOOGLE_CLOUD_PROJECT": f"demo-smoke-{secrets.token_hex(4)}",
+    }
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_make_demo_answers_stores_and_stops_clean(
+    demo_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = RunningDemo(demo_env)
+    procs: list[psutil.Process] = []
+    try:
+        url = demo.wait_for_url(URL_TIMEOUT_S)
+        assert url == f"http://127.0.0.1:{demo_env['DEMO_CHAT_PORT']}"
+        assert "Gemini is not offered" in demo.output
+        procs = demo.processes()
+        commands = [" ".join(p.cmdline()) for p in procs]
+        for expected in ("-m app.chat", "-m app.inference", "emulators firestore start"):
+            assert any(expected in c for c in commands), f"{expected} not running: {commands}"
+        assert any(p.name() == "java" for p in procs), "the emulator's JVM is not running"
+
+        client = Client(url, verbose=False)
+        api = client.view_api(print_info=False, return_format="dict")
+        send_params = api["named_endpoints"]["/send"]["parameters"]
+        backend_param = next(p for p in send_params if p["parameter_name"] == "backend_label")
+        # The model picker tells the user plainly what the offline model is.
+        assert backend_param["parameter_default"] == OFFLINE_LABEL
+
+        browser_id = client.predict(None, api_name="/conversations")[0]
+        message = f"smoke test {secrets.token_hex(6)}"
+        chat = client.predict(
+            message, OFFLINE_LABEL, 0.9, 0.95, 16, "", browser_id, api_name="/send"
+        )[0]
+        assert chat[0]["content"][0]["text"] == message
+        assert chat[-1]["role"] == "assistant"
+        reply = chat[-1]["content"][0]["text"]
+        assert reply.strip(), chat
+        assert "⚠️" not in reply, reply
+
+        monkeypatch.setenv(
+            "FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{demo_env['DEMO_FIRESTORE_PORT']}"
+        )
+        db = firestore.Client(project=demo_env["GOOGLE_CLOUD_PROJECT"], database="chat-app-db")
+        deadline = time.monotonic() + 20
+        stored: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            sessions = list(db.collection("chat_sessions").stream())
+            if sessions:
+                stored = [
+                    m.to_dict() or {}
+                    for m in sessions[0].reference.collection("messages").order_by("seq").stream()
+                ]
+                if len(stored) == 2:
+                    break
+            time.sleep(0.5)
+        assert len(sessions) == 1
+        assert sessions[0].to_dict()["owner"] == f"browser:{browser_id}"
+        # The chat view trims the reply's whitespace; the stored reply is as the model wrote it.
+        assert [(m["role"], str(m["content"]).strip(), m["backend_id"]) for m in stored] == [
+            ("user", message, "local-gemma"),
+            ("assistant", reply.strip(), "local-gemma"),
+        ]
+
+        demo.interrupt()
+        assert "stopped; no process left running" in demo.output
+        assert _still_running(procs) == []
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", int(demo_env["DEMO_CHAT_PORT"])))
+    finally:
+        demo.kill_everything(procs)
