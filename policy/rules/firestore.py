@@ -22,9 +22,10 @@ def _delete_protection(
     return [
         f"Firestore database {name!r} has delete protection off "
         f"(deleteProtectionState={state or 'unset'}) in stack {context.stack!r}, so one "
-        "`pulumi destroy` or console click erases every conversation. Turn delete protection "
-        f"on ({ENABLED}, the stack default); only dev stacks (dev, dev-*, *-dev, or the "
-        "pack's devStacks config) may turn it off."
+        "`pulumi destroy` or console click erases every conversation. Turn it on with "
+        "`pulumi config set firestoreDeleteProtection true` (the default; the database then "
+        f"has {ENABLED}); only dev stacks (dev, dev-*, *-dev, or the pack's devStacks "
+        "config) may turn it off."
     ]
 
 
