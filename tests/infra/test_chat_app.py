@@ -1,0 +1,351 @@
+"""ChatApp under Pulumi mocks: its backend list, hardened pod, probes and each exposure choice."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as kubernetes
+import pytest
+
+from app.chat.settings import ChatSettings
+from components.chat_app import ChatApp, ChatAppArgs, ChatBackend, chat_backends_env
+from components.cloud_run_gpu_service import (
+    CloudRunGpuService,
+    finetuned_gemma,
+    prebuilt_gemma,
+    vllm_gemma,
+)
+from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
+from tests.pulumi_harness import ProgramRun, run_program
+
+PROJECT = "my-gcp-project"
+INVOKER_EMAIL = f"chat-invoker@{PROJECT}.iam.gserviceaccount.com"
+PRINCIPAL = (
+    "principal://iam.googleapis.com/projects/123456789012/locations/global/"
+    "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/gemma-stack/sa/chat-app"
+)
+LOGIN = "ana:correct-horse-battery,ben:staple-42"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+_PROGRAM = Path(tempfile.mkdtemp(prefix="serving-chat-")) / "__main__.py"
+_PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
+
+
+def render(build: Callable[[], None]) -> ProgramRun:
+    """Run `build` as a whole Pulumi program under the shared recording mocks."""
+    sys.modules["serving_case"] = types.SimpleNamespace(build=build)
+    return run_program({"gcp:project": PROJECT}, hf_token=None, program=_PROGRAM)
+
+
+def all_backends(provider: kubernetes.Provider) -> list[ChatBackend]:
+    """One backend of every kind this stack can deploy, built from real components."""
+    gemma = GemmaOnGke(
+        "gemma",
+        GemmaOnGkeArgs(
+            namespace="gemma-stack",
+            k8s_provider=provider,
+            model_id="google/gemma-3-12b-it",
+            gpu_count=2,
+            tensor_parallel=2,
+            max_model_len=16384,
+            max_num_seqs=4,
+            resources=PodResources("8", "48Gi", "80Gi"),
+            ksa_name="gemma",
+            ksa_principal="principal://x",
+            hf_token=pulumi.Output.secret("hf_x"),
+        ),
+    )
+    invokers = {"chat-app": f"serviceAccount:{INVOKER_EMAIL}"}
+    common: dict[str, Any] = {"project_id": PROJECT, "region": "us-central1", "invokers": invokers}
+    prebuilt = CloudRunGpuService(
+        "gemma-4b", prebuilt_gemma(**common, variant="4b", service_name="gemma-4b")
+    )
+    vllm = CloudRunGpuService(
+        "gemma-vllm",
+        vllm_gemma(
+            **common,
+            model_id="google/gemma-3-1b-it",
+            max_model_len=8192,
+            hf_token_secret="HF_TOKEN",
+            service_name="gemma-vllm",
+        ),
+    )
+    sql = CloudRunGpuService(
+        "gemma-sql",
+        finetuned_gemma(
+            **common,
+            image="inference:abc",
+            model_bucket="team-models",
+            model_path="merged/sql",
+            service_name="gemma-sql",
+        ),
+    )
+    return [
+        ChatBackend.gemini_on_vertex(),
+        ChatBackend.from_gke(gemma, id="gemma-gke", label="Gemma 3 12B (GKE)"),
+        ChatBackend.from_cloud_run(prebuilt, id="gemma-run", label="Gemma 3 4B (Cloud Run)"),
+        ChatBackend.from_cloud_run(vllm, id="gemma-vllm", label="Gemma 3 1B (vLLM, Cloud Run)"),
+        ChatBackend.from_cloud_run(sql, id="gemma-sql", label="SQL Gemma (Cloud Run)"),
+    ]
+
+
+def deploy(
+    *,
+    backends: Callable[[kubernetes.Provider], Sequence[ChatBackend]] = all_backends,
+    **changes: Any,
+) -> ProgramRun:
+    def build() -> None:
+        provider = kubernetes.Provider("k8s", kubeconfig="{}")
+        values: dict[str, Any] = {
+            "project_id": PROJECT,
+            "namespace": "gemma-stack",
+            "k8s_provider": provider,
+            "image": "us-central1-docker.pkg.dev/my-gcp-project/gemma-stack/chat:abc123",
+            "ksa_name": "chat-app",
+            "ksa_principal": PRINCIPAL,
+            "backends": list(backends(provider)),
+            "id_token_service_account": INVOKER_EMAIL,
+        }
+        values.update(changes)
+        chat = ChatApp("chat", ChatAppArgs(**values))
+        pulumi.export("url", chat.url)
+        pulumi.export("hint", chat.access_hint)
+        pulumi.export("internalUrl", chat.internal_url)
+
+    return render(build)
+
+
+def chat_deployment(run: ProgramRun) -> dict[str, Any]:
+    (found,) = [r for r in run.of_type(DEPLOYMENT) if r.name == "chat-deployment"]
+    return found.inputs
+
+
+def chat_container(run: ProgramRun) -> dict[str, Any]:
+    (box,) = chat_deployment(run)["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = box
+    return result
+
+
+def env_of(run: ProgramRun) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in chat_container(run)["env"]}
+
+
+def chat_service(run: ProgramRun) -> dict[str, Any]:
+    (found,) = [r for r in run.of_type(SERVICE) if r.name == "chat-service"]
+    return found.inputs
+
+
+def test_chat_backends_lists_exactly_the_deployed_backends() -> None:
+    run = deploy()
+    backends = json.loads(env_of(run)["CHAT_BACKENDS"]["value"])
+    assert backends == [
+        {
+            "id": "gemini",
+            "label": "Gemini 2.5 Flash (Vertex AI)",
+            "kind": "gemini",
+            "model": "gemini-2.5-flash",
+            "vertex": True,
+            "location": "global",
+        },
+        {
+            "id": "gemma-gke",
+            "label": "Gemma 3 12B (GKE)",
+            "kind": "openai",
+            "model": "google/gemma-3-12b-it",
+            "base_url": "http://gemma-service.gemma-stack.svc.cluster.local:8000/v1",
+        },
+        {
+            "id": "gemma-run",
+            "label": "Gemma 3 4B (Cloud Run)",
+            "kind": "gemini",
+            "model": "gemma3:4b",
+            "base_url": "https://gemma-4b-a1b2c3d4e5-uc.a.run.app",
+            "auth": "google-id-token",
+        },
+        {
+            "id": "gemma-vllm",
+            "label": "Gemma 3 1B (vLLM, Cloud Run)",
+            "kind": "openai",
+            "model": "google/gemma-3-1b-it",
+            "base_url": "https://gemma-vllm-a1b2c3d4e5-uc.a.run.app/v1",
+            "auth": "google-id-token",
+        },
+        {
+            "id": "gemma-sql",
+            "label": "SQL Gemma (Cloud Run)",
+            "kind": "openai",
+            "model": "gemma-3-finetuned",
+            "base_url": "https://gemma-sql-a1b2c3d4e5-uc.a.run.app/v1",
+            "auth": "google-id-token",
+        },
+    ]
+    # The chat app's own settings parser accepts exactly this value.
+    settings = ChatSettings(chat_backends=env_of(run)["CHAT_BACKENDS"]["value"])
+    assert [b.id for b in settings.chat_backends] == [b["id"] for b in backends]
+
+
+def test_chat_backends_follow_what_is_enabled() -> None:
+    run = deploy(backends=lambda _: [ChatBackend.gemini_on_vertex()], id_token_service_account=None)
+    env = env_of(run)
+    assert [b["id"] for b in json.loads(env["CHAT_BACKENDS"]["value"])] == ["gemini"]
+    assert "ID_TOKEN_SERVICE_ACCOUNT" not in env
+
+
+def test_settings_env_for_the_app() -> None:
+    env = {k: v.get("value") for k, v in env_of(deploy()).items()}
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+    assert env["FIRESTORE_DATABASE"] == "chat-app-db"
+    assert env["PORT"] == "7860"
+    assert env["AUTH_MODE"] == "none"
+    assert env["ID_TOKEN_SERVICE_ACCOUNT"] == INVOKER_EMAIL
+
+
+def test_chat_pod_is_hardened_with_probes_and_limits() -> None:
+    run = deploy()
+    spec = chat_deployment(run)["spec"]["template"]["spec"]
+    box = chat_container(run)
+    assert box["command"] == ["python", "-m", "app.chat"]
+    assert box["ports"] == [{"name": "http", "containerPort": 7860, "protocol": "TCP"}]
+    assert spec["serviceAccountName"] == "chat-app"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 1000
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = box["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 1000
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {m["mountPath"] for m in box["volumeMounts"]} == {"/tmp"}
+    for kind in ("requests", "limits"):
+        assert set(box["resources"][kind]) >= {"cpu", "memory"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert box[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert "nodeSelector" not in spec  # no GPU for the UI
+
+
+def test_internal_exposure_is_cluster_ip_only() -> None:
+    run = deploy()
+    service = chat_service(run)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["metadata"]["annotations"] == {"gemma-stack/auth": "none"}
+    assert service["spec"]["ports"][0]["port"] == 7860
+    assert run.of_type("kubernetes:networking.k8s.io/v1:Ingress") == []
+    assert run.outputs["hint"] == "kubectl -n gemma-stack port-forward svc/chat-app 7860:7860"
+    assert run.outputs["url"] == "http://localhost:7860"
+    assert run.outputs["internalUrl"] == "http://chat-app.gemma-stack.svc.cluster.local:7860"
+
+
+def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
+    run = deploy(
+        exposure="iap",
+        iap_domain="chat.example.com",
+        iap_accessors={"ml-team": "group:ml-team@example.com"},
+    )
+    service = chat_service(run)
+    assert service["spec"]["type"] == "ClusterIP"
+    annotations = service["metadata"]["annotations"]
+    assert json.loads(annotations["cloud.google.com/neg"]) == {"ingress": True}
+    backend_config_name = json.loads(annotations["cloud.google.com/backend-config"])["default"]
+    (config,) = run.of_type("kubernetes:cloud.google.com/v1:BackendConfig")
+    assert config.inputs["metadata"]["name"] == backend_config_name
+    assert config.inputs["spec"]["iap"] == {"enabled": True}
+    assert config.inputs["spec"]["healthCheck"]["requestPath"] == "/healthz"
+    (ingress,) = run.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    ing = ingress.inputs
+    assert ing["metadata"]["annotations"]["kubernetes.io/ingress.allow-http"] == "false"
+    assert ing["metadata"]["annotations"]["gemma-stack/auth"] == "iap"
+    assert ing["spec"]["defaultBackend"]["service"] == {
+        "name": "chat-app",
+        "port": {"number": 7860},
+    }
+    (cert,) = run.of_type("kubernetes:networking.gke.io/v1:ManagedCertificate")
+    assert cert.inputs["spec"] == {"domains": ["chat.example.com"]}
+    assert (
+        ing["metadata"]["annotations"]["networking.gke.io/managed-certificates"]
+        == cert.inputs["metadata"]["name"]
+    )
+    (access,) = run.of_type("gcp:iap/webIamMember:WebIamMember")
+    assert access.inputs["role"] == "roles/iap.httpsResourceAccessor"
+    assert access.inputs["member"] == "group:ml-team@example.com"
+    assert env_of(run)["AUTH_MODE"]["value"] == "iap"
+    assert run.outputs["url"] == "https://chat.example.com"
+    assert all(s.inputs["spec"]["type"] != "LoadBalancer" for s in run.of_type(SERVICE))
+
+
+def test_login_exposure_has_app_sign_in_from_a_secret() -> None:
+    run = deploy(
+        exposure="login",
+        login_credentials=pulumi.Output.secret(LOGIN),
+        allowed_source_ranges=["203.0.113.0/24"],
+    )
+    service = chat_service(run)
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"]["gemma-stack/auth"] == "app-login"
+    assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    env = env_of(run)
+    assert env["AUTH_MODE"]["value"] == "login"
+    secret_ref = env["LOGIN_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
+    secrets = [r for r in run.of_type("kubernetes:core/v1:Secret") if r.name == "chat-login"]
+    (secret,) = secrets
+    assert secret_ref == {"name": secret.inputs["metadata"]["name"], "key": "credentials"}
+    assert secret.inputs["stringData"] == {"credentials": LOGIN}
+    assert secret.input_is_secret("stringData")
+    others = [r.inputs for r in run.resources if r is not secret]
+    assert "correct-horse-battery" not in json.dumps(others)
+    assert run.outputs["url"] == "http://10.128.0.50:7860"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"exposure": "login"}, "needs login_credentials"),
+        ({"exposure": "iap"}, "needs iap_domain"),
+        ({"exposure": "public"}, "exposure must be one of"),
+        ({"id_token_service_account": None}, "Google ID tokens"),
+        ({"allowed_source_ranges": ["0.0.0.0/0"]}, "exposure 'login' only"),
+        ({"iap_accessors": {"x": "user:a@b.c"}}, "exposure 'iap' only"),
+    ],
+)
+def test_unsafe_or_unreachable_exposure_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        deploy(**changes)
+
+
+def test_backend_list_rules() -> None:
+    gemini = ChatBackend.gemini_on_vertex()
+    with pytest.raises(ValueError, match="unique"):
+        chat_backends_env([gemini, gemini])
+    with pytest.raises(ValueError, match="at least one backend"):
+        chat_backends_env([])
+    with pytest.raises(ValueError, match="needs a base_url"):
+        ChatBackend(id="x", label="X", kind="openai", model="m")
+    with pytest.raises(ValueError, match="lowercase"):
+        ChatBackend(id="Bad Id", label="X", kind="gemini", model="m", vertex=True)
+    with pytest.raises(ValueError, match="api_key_env"):
+        ChatBackend(id="k", label="K", kind="gemini", model="m", auth="api-key")
+    keyed = ChatBackend(
+        id="k",
+        label="K",
+        kind="gemini",
+        model="gemini-2.5-flash",
+        auth="api-key",
+        api_key_env="GEMINI_API_KEY",
+    )
+    assert keyed.to_env() == {
+        "id": "k",
+        "label": "K",
+        "kind": "gemini",
+        "model": "gemini-2.5-flash",
+        "auth": "api-key",
+        "api_key_env": "GEMINI_API_KEY",
+    }
