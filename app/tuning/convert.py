@@ -51,7 +51,8 @@ def parse_sql(obj: dict[str, Any], line: int) -> rules.Example:
         answer = None
     else:
         answer = rules.nonempty_str(obj, answer_field, line, answer_field, found)
-    prompt = sql_user_turn(schema or "", question or "")
+    # The inference app strips the schema it is sent; training prompts must match byte for byte.
+    prompt = sql_user_turn((schema or "").strip(), question or "")
     return rules.Example(
         prompt=prompt,
         texts=[("user", prompt), ("model", answer or "")],

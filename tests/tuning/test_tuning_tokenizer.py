@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from app.inference.model_source import gcs_filesystem
 from app.inference.tiny_model import build_tiny_gemma3
-from app.tuning.convert import convert_file
+from app.tuning.convert import convert_file, sql_user_turn
 from app.tuning.tokens import ModelTokens, TokenizerError
 from app.tuning.validate import validate_file
 
@@ -140,3 +140,11 @@ def test_gemma_output_renders_with_the_gemma3_chat_template(
         "<start_of_turn>model\nSELECT SUM(total) FROM orders WHERE id = 0;<end_of_turn>\n"
     )
     assert validate_file(out, counter=ModelTokens(str(tiny_model))).errors == 0
+
+
+def test_sql_turn_matches_what_the_inference_app_sends() -> None:
+    from app.inference.routes_generate import sql_user_turn as served_turn  # noqa: PLC0415
+
+    schema = "CREATE TABLE users (id INT, name TEXT);\nCREATE TABLE orders (id INT);"
+    question = "Which users have no orders?"
+    assert sql_user_turn(schema, question) == served_turn(question, schema)

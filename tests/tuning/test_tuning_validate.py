@@ -1,5 +1,6 @@
 """Each dataset rule: valid files pass; a broken fixture names the right line and exit code."""
 
+import io
 import json
 import subprocess
 import sys
@@ -393,3 +394,18 @@ def test_gemma_and_gemini_formats_are_checked(tmp_path: Path) -> None:
     report = validate_file(write_lines(tmp_path / "m.jsonl", gemini))
     assert report.format == "gemini-tuning"
     assert found(report) == {("error", "fields", 7), ("error", "fields", 8)}
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal(tmp_path: Path) -> None:
+    dataset = write_lines(tmp_path / "t.jsonl", [text_example(i) for i in range(4_100)])
+    terminal, pipe = FakeTerminal(), io.StringIO()
+    validate_file(dataset, progress_stream=terminal)
+    validate_file(dataset, progress_stream=pipe)
+    assert "\rvalidating: line 2,048 (" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\033[K")  # the meter is erased before the report
+    assert pipe.getvalue() == ""
