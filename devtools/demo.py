@@ -65,8 +65,10 @@ class StopRequested(Exception):  # noqa: N818 - it is a request, not an error
     """Raised by the signal handler when the user (or a supervisor) asks the demo to stop."""
 
 
-def say(message: str) -> None:
-    print(f"demo: {message}", flush=True)
+def say(message: str = "", prefix: str = "demo: ") -> None:
+    # After the terminal closes, stdout is gone; stopping the servers must still go on.
+    with contextlib.suppress(OSError):
+        print(f"{prefix}{message}" if message else "", flush=True)
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,12 @@ class ChildProcess:
         except OSError:
             return "(no log)"
 
-    def crash_report(self) -> str:
+    def report(self, headline: str) -> str:
         tail = "\n".join(f"    {line}" for line in self.log_tail().splitlines())
-        return (
-            f"{self.name} exited with code {self.exit_code}. "
-            f"Last lines of {display_path(self.log_path)}:\n{tail}"
-        )
+        return f"{headline}. Last lines of {display_path(self.log_path)}:\n{tail}"
+
+    def crash_report(self) -> str:
+        return self.report(f"{self.name} exited with code {self.exit_code}")
 
 
 def display_path(path: Path) -> str:
@@ -264,15 +266,16 @@ class Demo:
     # -- running -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too: closing the terminal must not leave the servers running.
+        stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.getsignal(sig) for sig in stop_signals}
         for sig in previous:
             signal.signal(sig, _raise_stop)
         try:
             self._start_everything()
             self._supervise()
         except StopRequested:
-            print(flush=True)
-            say("stopping…")
+            say()  # the terminal's ^C has no newline
             return 130
         except DemoError as err:
             say(f"error: {err}")
@@ -337,7 +340,7 @@ class Demo:
         self._wait_healthy(chat, f"http://{HOST}:{chat_port}/healthz", CHAT_READY_TIMEOUT_S)
 
         url = f"http://{HOST}:{chat_port}"
-        print(f"\n  Open {url} in your browser. Ctrl-C stops the demo.\n", flush=True)
+        say(f"\n  Open {url} in your browser. Ctrl-C stops the demo.\n", prefix="")
 
     def _supervise(self) -> None:
         while True:
@@ -402,7 +405,7 @@ class Demo:
         if build is None:
             return target
         self._wait_for(
-            "the offline demo model",
+            build,
             lambda: build.exit_code is not None,
             MODEL_BUILD_TIMEOUT_S,
             watch=[c for c in self.children if c is not build],
@@ -448,23 +451,30 @@ class Demo:
     # -- waiting -------------------------------------------------------------------------------
 
     def _wait_healthy(self, child: ChildProcess, url: str, timeout: float) -> None:
-        self._wait_for(child.name, lambda: http_ok(url), timeout, watch=self.children)
+        self._wait_for(child, lambda: http_ok(url), timeout, watch=self.children)
         say(f"{child.name} is ready ({child.elapsed():.1f} s)")
 
     def _wait_for(
-        self, what: str, done: Callable[[], bool], timeout: float, watch: Sequence[ChildProcess]
+        self,
+        child: ChildProcess,
+        done: Callable[[], bool],
+        timeout: float,
+        watch: Sequence[ChildProcess],
     ) -> None:
+        """Wait until `done()`, failing fast when a watched process exits or time runs out."""
         started = time.monotonic()
         next_note = started + PROGRESS_EVERY_S
         while not done():
-            for child in watch:
-                if child.exit_code is not None:
-                    raise DemoError(child.crash_report())
+            for watched in watch:
+                if watched.exit_code is not None:
+                    raise DemoError(watched.crash_report())
             now = time.monotonic()
             if now - started > timeout:
-                raise DemoError(f"{what} was not ready after {timeout:.0f} s; see the logs above")
+                raise DemoError(child.report(f"{child.name} was not ready after {timeout:.0f} s"))
             if now >= next_note:
-                say(f"still waiting for {what} ({now - started:.0f} s)")
+                # The log's last line says what it is doing: downloading, loading, warming up.
+                last = child.log_tail(1).strip()[:120]
+                say(f"still waiting for {child.name} ({now - started:.0f} s): {last}")
                 next_note = now + PROGRESS_EVERY_S
             time.sleep(0.25)
 

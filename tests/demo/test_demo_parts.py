@@ -160,11 +160,11 @@ def test_gemini_on_vertex_is_offered_with_credentials(
 def test_a_crashed_child_stops_the_wait_with_its_last_log_lines(tmp_path: Path) -> None:
     runner = Demo(_settings(tmp_path))
     script = "import sys\nfor i in range(40): print(f'line {i}')\nsys.exit(3)"
-    runner._start("chat app", [sys.executable, "-c", script], {}, "chat.log")
+    chat = runner._start("chat app", [sys.executable, "-c", script], {}, "chat.log")
 
     try:
         with pytest.raises(DemoError) as caught:
-            runner._wait_for("the chat app", lambda: False, 30, watch=runner.children)
+            runner._wait_for(chat, lambda: False, 30, watch=runner.children)
     finally:
         demo.stop_children(runner.children)
 
@@ -173,6 +173,25 @@ def test_a_crashed_child_stops_the_wait_with_its_last_log_lines(tmp_path: Path) 
     assert "line 39" in message
     assert "line 0\n" not in message
     assert str(tmp_path / "logs" / "chat.log") in message
+
+
+def test_a_slow_child_times_out_naming_its_log(tmp_path: Path) -> None:
+    runner = Demo(_settings(tmp_path))
+    script = "import time\nprint('downloading weights 3/7', flush=True)\ntime.sleep(60)"
+    inference = runner._start("inference app", [sys.executable, "-c", script], {}, "inf.log")
+
+    try:
+        deadline = time.monotonic() + 20
+        while "downloading" not in inference.log_tail():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(DemoError) as caught:
+            runner._wait_for(inference, lambda: False, 0.5, watch=runner.children)
+    finally:
+        demo.stop_children(runner.children)
+
+    assert "inference app was not ready after 0 s" in str(caught.value)
+    assert "downloading weights 3/7" in str(caught.value)
 
 
 def test_stop_leaves_no_process_even_when_one_escapes_or_ignores_sigterm(
