@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .core import MANDATORY, ResourceRule, RuleContext, is_unknown
+from .core import ADVISORY, MANDATORY, ResourceRule, RuleContext, is_unknown
 
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 # PROJECT_NUMBER-compute@developer.gserviceaccount.com, which holds Editor in most projects.
@@ -107,6 +107,27 @@ def _no_compute_default_sa_grants(
     ]
 
 
+def _gke_node_service_account(
+    resource_type: str, props: Mapping[str, Any], context: RuleContext
+) -> list[str]:
+    del resource_type, context
+    if props.get("enableAutopilot") is True:
+        path = "clusterAutoscaling.autoProvisioningDefaults.serviceAccount"
+        defaults = (props.get("clusterAutoscaling") or {}).get("autoProvisioningDefaults") or {}
+        account = defaults.get("serviceAccount")
+    else:
+        path = "nodeConfig.serviceAccount"
+        account = (props.get("nodeConfig") or {}).get("serviceAccount")
+    if is_unknown(account) or (account and not is_compute_default_sa(str(account))):
+        return []
+    return [
+        "GKE nodes run as the Compute Engine default service account. Pods cannot use it "
+        "(Workload Identity hides the node's credentials), but node logs, metrics and image "
+        "pulls do. Create a service account with roles/container.defaultNodeServiceAccount "
+        f"and set it as {path}."
+    ]
+
+
 NO_SERVICE_ACCOUNT_KEYS = ResourceRule(
     name="no-service-account-keys",
     description="No service account keys (JSON or HMAC): use Workload Identity or runtime SAs.",
@@ -132,4 +153,18 @@ NO_COMPUTE_DEFAULT_SA_GRANTS = ResourceRule(
     remediation="Grant the role to a dedicated service account for the workload.",
 )
 
-RULES = [NO_SERVICE_ACCOUNT_KEYS, NO_BASIC_ROLES, NO_COMPUTE_DEFAULT_SA_GRANTS]
+GKE_NODE_SERVICE_ACCOUNT = ResourceRule(
+    name="gke-dedicated-node-service-account",
+    description="GKE nodes should run as a dedicated, minimal service account.",
+    enforcement=ADVISORY,
+    check=_gke_node_service_account,
+    resource_types=frozenset({"gcp:container/cluster:Cluster"}),
+    remediation="Set the node service account to one holding container.defaultNodeServiceAccount.",
+)
+
+RULES = [
+    NO_SERVICE_ACCOUNT_KEYS,
+    NO_BASIC_ROLES,
+    NO_COMPUTE_DEFAULT_SA_GRANTS,
+    GKE_NODE_SERVICE_ACCOUNT,
+]

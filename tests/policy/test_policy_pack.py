@@ -21,6 +21,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policy.rules import ALL_RULES, policies
+from policy.rules.core import engine_context
 
 PACK = Path(__file__).resolve().parents[2] / "policy"
 
@@ -125,3 +126,64 @@ def test_stack_policy_follows_engine_property_dependencies() -> None:
     ((message, urn),) = reported
     assert urn == "urn:svc-public"
     assert "Cloud Run 'svc'" in message
+
+
+def test_pack_config_approves_a_public_service_and_names_dev_stacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = _policy("no-public-cloud-run")
+    service = PolicyResource(
+        "gcp:cloudrunv2/service:Service",
+        unknown_checking_proxy({"name": "demo", "labels": {"gemma-stack-public": "true"}}),
+        "urn:demo",
+        "demo",
+        _options(),
+        None,
+        None,
+        [],
+        {},
+    )
+    grant = PolicyResource(
+        "gcp:cloudrunv2/serviceIamMember:ServiceIamMember",
+        unknown_checking_proxy({"name": "demo", "role": "roles/run.invoker", "member": "allUsers"}),
+        "urn:grant",
+        "demo-public",
+        _options(),
+        None,
+        None,
+        [],
+        {"name": [service]},
+    )
+    reported: list[str] = []
+    approved = {"publicCloudRunServices": ["demo"]}
+    policy.validate(
+        StackValidationArgs([service, grant], approved), lambda m, u: reported.append(m)
+    )
+    assert reported == []
+    policy.validate(StackValidationArgs([service, grant], {}), lambda m, u: reported.append(m))
+    assert len(reported) == 1
+
+    firestore = _policy("firestore-delete-protection")
+    off = {"name": "chat-app-db", "deleteProtectionState": "DELETE_PROTECTION_DISABLED"}
+
+    def findings(config: dict[str, Any]) -> list[str]:
+        found: list[str] = []
+        args = ResourceValidationArgs(
+            "gcp:firestore/database:Database",
+            unknown_checking_proxy(off),
+            "urn:db",
+            "db",
+            _options(),
+            None,
+            config,
+        )
+        firestore.validate(args, lambda m, u: found.append(m))
+        return found
+
+    # The engine tells the pack which stack it previews.
+    monkeypatch.setattr("pulumi.get_stack", lambda: "prod")
+    assert engine_context().stack == "prod"
+    assert "in stack 'prod'" in findings({})[0]
+    assert findings({"devStacks": ["prod"]}) == []
+    monkeypatch.setattr("pulumi.get_stack", lambda: "dev-alice")
+    assert findings({}) == []

@@ -133,7 +133,7 @@ def test_every_rule_has_a_level_a_unique_name_and_a_fix() -> None:
         assert rule.enforcement.value in {"mandatory", "advisory"}
         assert rule.remediation, rule.name
     advisory = {r.name for r in ALL_RULES if r.enforcement is not MANDATORY}
-    assert advisory == {"k8s-workload-restricted"}
+    assert advisory == {"k8s-workload-restricted", "gke-dedicated-node-service-account"}
 
 
 # --------------------------------------------------------------------------- IAM
@@ -209,6 +209,21 @@ def test_nothing_is_granted_to_the_compute_default_service_account() -> None:
     )
     assert "Compute Engine default service account" in message
     assert "dedicated service account" in message
+
+
+def test_gke_nodes_should_not_run_as_the_compute_default_service_account() -> None:
+    rule = iam.GKE_NODE_SERVICE_ACCOUNT
+    cluster = "gcp:container/cluster:Cluster"
+    dedicated = {
+        "enableAutopilot": True,
+        "clusterAutoscaling": {
+            "autoProvisioningDefaults": {"serviceAccount": "gke-nodes@p.iam.gserviceaccount.com"}
+        },
+    }
+    assert only_messages(rule, cluster, dedicated) == []
+    (message,) = only_messages(rule, cluster, {"enableAutopilot": True})
+    assert "Compute Engine default service account" in message
+    assert "clusterAutoscaling.autoProvisioningDefaults.serviceAccount" in message
 
 
 # --------------------------------------------------------------------------- Cloud Run
