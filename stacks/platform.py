@@ -21,7 +21,7 @@ from components.identity import (
 from components.project_services import ProjectServices, ProjectServicesArgs
 from components.registry import ArtifactRegistry, ArtifactRegistryArgs, ImageBuild, ImageBuildArgs
 from components.secrets import HuggingFaceToken, HuggingFaceTokenArgs
-from stacks.config import StackConfig
+from stacks.config import ConfigError, StackConfig
 
 CHAT_APP_DIR = Path("app/chat")
 INFERENCE_APP_DIR = Path("app/inference")
@@ -76,8 +76,26 @@ def _image(
     return build.image
 
 
+def check_build_folders(config: StackConfig, root: Path = Path()) -> None:
+    """Refuse, before any resource exists, to build an app folder that has no Dockerfile."""
+    wanted = []
+    if config.builds_chat_image:
+        wanted.append((CHAT_APP_DIR, "chatImage"))
+    if config.builds_inference_image:
+        wanted.append((INFERENCE_APP_DIR, "inferenceImage"))
+    problems = [
+        f"{folder} has no Dockerfile to build; add it, or set a prebuilt image with "
+        f"pulumi config set {key} REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG."
+        for folder, key in wanted
+        if not (root / folder / "Dockerfile").is_file()
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_platform(config: StackConfig) -> Platform:
     """Create the shared resources every backend needs, in dependency order."""
+    check_build_folders(config)
     apis = ProjectServices("apis", ProjectServicesArgs(project_id=config.project))
     project_number = gcp.organizations.get_project_output(
         project_id=config.project,

@@ -8,7 +8,15 @@ Usage from any test::
     run = run_program(overrides={"gemma-stack:gkeGemma": {"enabled": False}})
     cluster = run.one("gcp:container/cluster:Cluster")
     assert cluster.inputs["enableAutopilot"] is True
-    exc, registered = run_program_error({...})           # a config that must fail
+    exc, registered = run_program_error(overrides={...})  # a config that must fail
+    run = run_snippet("from components.x import X\n...", tmp_path)  # one component alone
+
+Each RecordedResource has `type`, `name`, `urn`, `inputs`, `outputs` (what the mocks
+returned), `parent`, `dependencies`, `property_dependencies`, `provider` and `options`
+(protect, customTimeouts, ignoreChanges, additionalSecretOutputs, ...). `ProgramRun` adds
+`outputs` (stack exports), `secret_outputs`, `calls` (invokes), `logs` (warnings from
+`pulumi.log`), and helpers `one`, `of_type`, `named`, `children_of`, `descendants_of`,
+`waits_for` (transitive: depends_on, inputs, parent and provider) and `dump`.
 
 `inputs` are the engine's camelCase dicts with secrets unwrapped (so a leak of a secret
 value is visible to a plain string search) and `secret_paths` lists which input paths
@@ -131,7 +139,7 @@ class ProgramRun:
         return out
 
     def waits_for(self, resource: RecordedResource, other: RecordedResource) -> bool:
-        """Whether `resource` transitively depends on `other` (depends_on, inputs or parents)."""
+        """Whether `resource` waits for `other` (depends_on, inputs, parent, provider)."""
         seen: set[str] = set()
         todo = [resource.urn]
         while todo:
@@ -148,6 +156,9 @@ class ProgramRun:
             todo.extend(current.all_dependencies())
             if current.parent:
                 todo.append(current.parent)
+            if current.provider:
+                # A provider reference is "URN::ID"; the provider waits for what it needs.
+                todo.append(current.provider.rsplit("::", 1)[0])
         return False
 
     def warnings(self) -> list[str]:
@@ -511,6 +522,46 @@ def run_program_error(
 ) -> tuple[BaseException, list[RecordedResource]]:
     """Run a program that must fail; return the error and whatever was registered first."""
     _, error, recorded = _execute(config, overrides, hf_token, isolated, None)
+    if error is None:
+        raise AssertionError("the program ran without error")
+    return error, recorded
+
+
+def run_snippet(
+    code: str,
+    folder: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> ProgramRun:
+    """Run a small Pulumi program (e.g. one component) written to `folder/__main__.py`.
+
+    The repo root is importable, so `from components.x import X` works. Config defaults to
+    just `gcp:project`; no hfToken is set.
+    """
+    main = folder / "__main__.py"
+    main.write_text(code)
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        return run_program(
+            {"gcp:project": "my-gcp-project"} if config is None else config,
+            hf_token=None,
+            program=main,
+        )
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+
+
+def run_snippet_error(code: str, folder: Path) -> tuple[BaseException, list[RecordedResource]]:
+    """Like run_snippet, for a program that must fail."""
+    main = folder / "__main__.py"
+    main.write_text(code)
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        _, error, recorded = _execute(
+            {"gcp:project": "my-gcp-project"}, None, None, isolated=False, program=main
+        )
+    finally:
+        sys.path.remove(str(REPO_ROOT))
     if error is None:
         raise AssertionError("the program ran without error")
     return error, recorded

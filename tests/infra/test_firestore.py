@@ -1,0 +1,41 @@
+"""The chat history database: Firestore Native chat-app-db in nam5, protected unless told not."""
+
+from __future__ import annotations
+
+from tests.pulumi_harness import run_program
+
+
+def test_protected_by_default() -> None:
+    run = run_program(overrides={"gemma-stack:firestoreDeleteProtection": None})
+    db = run.one("gcp:firestore/database:Database")
+    assert db.inputs["name"] == "chat-app-db"
+    assert db.inputs["locationId"] == "nam5"
+    assert db.inputs["type"] == "FIRESTORE_NATIVE"
+    assert db.inputs["deleteProtectionState"] == "DELETE_PROTECTION_ENABLED"
+    assert db.inputs["deletionPolicy"] == "ABANDON"
+    assert db.options["protect"] is True
+    assert db.parent_type == "gemma-stack:firestore:ChatHistoryDatabase"
+
+
+def test_dev_stack_can_be_destroyed() -> None:
+    db = run_program().one("gcp:firestore/database:Database")
+    assert db.inputs["deleteProtectionState"] == "DELETE_PROTECTION_DISABLED"
+    assert db.inputs["deletionPolicy"] == "DELETE"
+    assert db.options["protect"] is False
+
+
+def test_name_and_location_from_config() -> None:
+    run = run_program(
+        overrides={
+            "gemma-stack:firestoreDatabase": "team-chats",
+            "gemma-stack:firestoreLocation": "eur3",
+        }
+    )
+    db = run.one("gcp:firestore/database:Database")
+    assert (db.inputs["name"], db.inputs["locationId"]) == ("team-chats", "eur3")
+    assert run.outputs["firestoreDatabase"] == "team-chats"
+
+
+def test_no_database_without_the_chat_app() -> None:
+    run = run_program(overrides={"gemma-stack:chatAppEnabled": False})
+    assert not run.of_type("gcp:firestore/database:Database")

@@ -1,0 +1,50 @@
+"""The Hugging Face token lives in Secret Manager, marked secret everywhere, granted per secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.pulumi_harness import FAKE_HF_TOKEN, run_program, run_snippet
+
+
+def test_token_is_stored_as_a_secret_version() -> None:
+    run = run_program()
+    secret = run.one("gcp:secretmanager/secret:Secret")
+    assert secret.inputs["secretId"] == "HF_TOKEN"
+    assert secret.inputs["replication"] == {"auto": {}}
+    assert secret.parent_type == "gemma-stack:secrets:HuggingFaceToken"
+    version = run.one("gcp:secretmanager/secretVersion:SecretVersion")
+    assert version.input_is_secret("secretData")
+    assert "secretData" in version.options["additionalSecretOutputs"]
+    assert run.outputs["hfTokenSecret"] == "HF_TOKEN"
+    assert FAKE_HF_TOKEN not in json.dumps(run.outputs)
+
+
+def test_no_secret_without_a_token_when_no_backend_needs_one() -> None:
+    run = run_program(
+        overrides={"gemma-stack:gkeGemmaModelUri": "gs://my-models/gemma-3-1b-sql"},
+        hf_token=None,
+    )
+    assert not run.of_type("gcp:secretmanager/secret:Secret")
+    assert "hfTokenSecret" not in run.outputs
+
+
+def test_plain_token_input_is_still_marked_secret_and_access_is_per_secret(tmp_path: Path) -> None:
+    run = run_snippet(
+        """
+import pulumi
+from components.secrets import HuggingFaceToken, HuggingFaceTokenArgs
+token = HuggingFaceToken("hf", HuggingFaceTokenArgs(
+    project_id="p-123456", token=pulumi.Output.from_input("hf_plain"), secret_id="HF_TOKEN"))
+token.grant_access("hf-reader", "serviceAccount:svc@p-123456.iam.gserviceaccount.com")
+pulumi.export("token", token.token)
+""",
+        tmp_path,
+    )
+    assert run.one("gcp:secretmanager/secretVersion:SecretVersion").input_is_secret("secretData")
+    assert "token" in run.secret_outputs
+    grant = run.one("gcp:secretmanager/secretIamMember:SecretIamMember")
+    assert grant.inputs["role"] == "roles/secretmanager.secretAccessor"
+    assert grant.inputs["secretId"] == "HF_TOKEN"
+    assert grant.inputs["member"] == "serviceAccount:svc@p-123456.iam.gserviceaccount.com"
