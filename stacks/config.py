@@ -43,8 +43,11 @@ _MEMBER = re.compile(
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Mi|Gi)$")
 
 
-class ConfigError(ValueError):
-    """The stack config cannot be deployed; the message says what to change."""
+class ConfigError(ValueError, pulumi.RunError):
+    """The stack config cannot be deployed; the message says what to change.
+
+    As a `pulumi.RunError`, `pulumi up` prints just this message, without a stack trace.
+    """
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)

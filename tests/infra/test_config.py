@@ -81,6 +81,7 @@ def test_each_invalid_config_fails_before_any_resource(case: str) -> None:
         overrides=overrides, hf_token=None if not with_token else "hf_test"
     )
     assert isinstance(error, ConfigError)
+    assert isinstance(error, pulumi.RunError)  # pulumi up prints the message, no traceback
     assert registered == []
     assert len(error.problems) == 1, error.problems
     assert expected in error.problems[0]
