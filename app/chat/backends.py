@@ -255,7 +255,11 @@ class GeminiBackend:
                 )
             self._client = genai.Client(
                 api_key=api_key or "unused",
-                http_options=types.HttpOptions(base_url=self.config.base_url, timeout=timeout_ms),
+                # Servers that speak the Gemini API (Google's Cloud Run Gemma image, our
+                # inference app) serve it under v1beta, which newer SDKs no longer default to.
+                http_options=types.HttpOptions(
+                    base_url=self.config.base_url, api_version="v1beta", timeout=timeout_ms
+                ),
             )
         return self._client
 
@@ -298,7 +302,7 @@ class GeminiBackend:
                 partial=started,
                 transient=int(err.code or 0) in TRANSIENT_STATUSES,
             ) from err
-        except (httpx.HTTPError, OSError) as err:
+        except (httpx.HTTPError, OSError, *_aiohttp_errors()) as err:
             message = (
                 f"{self.config.label} stopped mid-reply (connection lost); the reply is cut off."
                 if started
@@ -313,6 +317,15 @@ class GeminiBackend:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aio.aclose()
+
+
+def _aiohttp_errors() -> tuple[type[Exception], ...]:
+    # google-genai streams over aiohttp when it is installed, over httpx otherwise.
+    try:
+        import aiohttp  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return (aiohttp.ClientError,)
 
 
 def _chunk_text(chunk: Any) -> str:

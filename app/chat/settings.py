@@ -82,6 +82,8 @@ class ChatSettings(BaseSettings):
     browser_state_key: str = "gemma-stack-chat"
     max_concurrent_chats: int = Field(default=256, ge=1)
     queue_size: int = Field(default=1024, ge=1)
+    # Streamed tokens closer together than this share one screen update (first token: never).
+    stream_update_interval_ms: int = Field(default=25, ge=0, le=1000)
     conversation_list_size: int = Field(default=50, ge=1, le=500)
 
     @field_validator("chat_backends", mode="before")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +21,11 @@ from app.chat.history import (
     title_for,
 )
 from app.chat.identity import IdentityError, OwnerResolver, new_browser_id
-from app.chat.settings import ChatSettings
+from app.chat.settings import BackendConfig, ChatSettings
 
 log = logging.getLogger(__name__)
 
+LONG_HISTORY = 400
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 CSS = """
 #chat-title h1 { margin: 0; font-size: 1.4rem; }
@@ -44,6 +47,10 @@ def display_text(message: StoredMessage) -> str:
         return message.content
     warning = f"⚠️ {message.error}"
     return f"{message.content}\n\n{warning}" if message.content else warning
+
+
+def _warning(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": f"⚠️ {text}"}
 
 
 def to_chatbot(messages: list[StoredMessage]) -> list[dict[str, str]]:
@@ -137,84 +144,116 @@ class ChatUI:
         system_prompt: str,
         browser_id: str | None,
         request: gr.Request,
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Save the user's message, stream the reply token by token, then save the reply."""
+    ) -> AsyncIterator[tuple[Any, Any, Any]]:
+        """Save the user's message, stream the reply token by token, then save the reply.
+
+        Outputs are (chatbot, conversation state, conversation list state). Per-token yields
+        skip only State outputs: skipping a visible component makes Gradio rebuild it,
+        which costs milliseconds per token and dominated latency at 50 sessions.
+        """
         skip = gr.skip()
         text = (message or "").strip()
-        if not text:
-            yield skip, skip, skip, skip, skip
-            return
         try:
-            owner = await self._owner(request, browser_id)
+            owner = await self._owner(request, browser_id) if text else ""
         except IdentityError as err:
-            shown = [
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": f"⚠️ {err}"},
-            ]
-            yield shown, "", skip, skip, skip
+            yield [{"role": "user", "content": text}, _warning(str(err))], skip, skip
             return
-        try:
-            backend_config = self.settings.backend_by_label(backend_label)
-        except KeyError:
-            backend_config = self.settings.chat_backends[0]
-        backend = self.backends[backend_config.id]
+        if not text:
+            yield skip, skip, skip
+            return
+        backend_config = self._backend_for(backend_label)
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
-
         if conversation is None or conversation.owner != owner:
             conversation = Conversation(owner=owner)
         is_new = not conversation.messages
-        user_message = StoredMessage(
-            seq=len(conversation.messages),
-            role="user",
-            content=text,
-            backend_id=backend_config.id,
-            sampling=sampling.as_dict(),
-        )
-        conversation.messages.append(user_message)
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
-        self.history.append(conversation.session_id, owner, user_message)
+        self._keep(conversation, "user", text, backend_id=backend_config.id, sampling=sampling)
 
-        shown = to_chatbot(conversation.messages)
-        shown.append({"role": "assistant", "content": ""})
-        yield shown, "", conversation, skip, skip
-
+        shown = [*to_chatbot(conversation.messages), {"role": "assistant", "content": ""}]
+        # Ask the model before echoing the user's message, so both overlap.
+        turns = to_turns(conversation.messages)
+        backend = self.backends[backend_config.id]
+        pieces = aiter(backend.stream(turns, system_prompt or "", sampling))
+        next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
+        interval_s = self._update_interval_s(len(shown))
         reply = ""
-        error: str | None = None
+        error: str | None = "the reply was interrupted (the browser disconnected)"
         try:
-            async for piece in backend.stream(
-                to_turns(conversation.messages), system_prompt or "", sampling
-            ):
+            yield shown, conversation, skip
+            last_update = 0.0
+            while (piece := await next_piece) is not None:
                 reply += piece
-                shown[-1] = {"role": "assistant", "content": reply}
-                yield shown, skip, skip, skip, skip
+                next_piece = asyncio.ensure_future(anext(pieces, None))
+                now = time.monotonic()
+                if now - last_update >= interval_s:
+                    last_update = now
+                    shown[-1] = {"role": "assistant", "content": reply}
+                    yield shown, skip, skip
+            error = None
         except BackendError as err:
             error = self._failure_text(backend_config.id, err)
         except Exception as err:  # the app keeps serving whatever a backend does
             log.exception("backend %s failed unexpectedly", backend_config.id)
             error = f"{backend_config.label} failed unexpectedly ({type(err).__name__})."
+        finally:
+            next_piece.cancel()
+            # Runs on a browser disconnect too (the generator is closed): the reply is kept.
+            self._keep(
+                conversation,
+                "assistant",
+                reply,
+                backend_id=backend_config.id,
+                sampling=sampling,
+                error=error,
+            )
 
-        assistant_message = StoredMessage(
+        listed = self._listed(choices, conversation) if is_new else skip
+        yield to_chatbot(conversation.messages), conversation, listed
+
+    def _update_interval_s(self, shown_messages: int) -> float:
+        # Tokens that arrive faster than the screen needs share an update; a very long
+        # history makes every update O(history), so it is sent less often.
+        interval_s = self.settings.stream_update_interval_ms / 1000
+        return max(interval_s, 0.15) if shown_messages >= LONG_HISTORY else interval_s
+
+    def _listed(
+        self, choices: list[tuple[str, str]] | None, conversation: Conversation
+    ) -> list[tuple[str, str]]:
+        title = title_for(conversation.messages[0].content)
+        listed = [(title, conversation.session_id), *(choices or [])]
+        return listed[: self.settings.conversation_list_size]
+
+    def _backend_for(self, label: str) -> BackendConfig:
+        try:
+            return self.settings.backend_by_label(label)
+        except KeyError:
+            return self.settings.chat_backends[0]
+
+    def _keep(
+        self,
+        conversation: Conversation,
+        role: str,
+        content: str,
+        *,
+        backend_id: str,
+        sampling: Sampling,
+        error: str | None = None,
+    ) -> None:
+        stored = StoredMessage(
             seq=len(conversation.messages),
-            role="assistant",
-            content=reply,
-            backend_id=backend_config.id,
+            role=role,
+            content=content,
+            backend_id=backend_id,
             sampling=sampling.as_dict(),
             error=error,
         )
-        conversation.messages.append(assistant_message)
-        self.history.append(conversation.session_id, owner, assistant_message)
+        conversation.messages.append(stored)
+        self.history.append(conversation.session_id, conversation.owner, stored)
 
-        choices = list(choices or [])
-        if is_new:
-            choices.insert(0, (title_for(text), conversation.session_id))
-            choices = choices[: self.settings.conversation_list_size]
-        yield (
-            to_chatbot(conversation.messages),
-            skip,
-            conversation,
-            choices,
-            gr.update(choices=choices, value=conversation.session_id),
-        )
+    @staticmethod
+    def show_choices(choices: list[tuple[str, str]], conversation: Conversation | None) -> Any:
+        selected = conversation.session_id if conversation is not None else None
+        return gr.update(choices=choices, value=selected)
 
     async def restore(
         self, session_id: str | None, browser_id: str | None, request: gr.Request
@@ -303,11 +342,20 @@ class ChatUI:
                     system_prompt,
                     browser_id,
                 ],
-                outputs=[chatbot, message, conversation, choices_state, conversation_list],
+                outputs=[chatbot, conversation, choices_state],
                 api_name="send",
                 concurrency_limit=settings.max_concurrent_chats,
                 concurrency_id="chat",
                 show_progress="hidden",
+            )
+            # Registered after `send`, which has already read the message when this clears it.
+            message.submit(None, js="() => ''", outputs=[message], queue=False)
+            choices_state.change(
+                self.show_choices,
+                inputs=[choices_state, conversation],
+                outputs=[conversation_list],
+                api_visibility="private",
+                queue=False,
             )
             conversation_list.input(
                 self.restore,

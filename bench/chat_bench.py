@@ -1,0 +1,412 @@
+"""Time to first token and tokens/s through the chat app against the same backend called directly.
+
+Starts the Firestore emulator, the inference app with a tiny Gemma 3 and the chat app (unless
+URLs are given), then runs 1, 10 and 50 concurrent sessions: each session sends one message
+through the chat app's Gradio queue, and, separately, the same request straight to the
+backend's OpenAI API. Prints p50/p95 time to first token (TTFT), the added TTFT, and
+per-stream tokens/s.
+
+    python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 64]
+        [--chat-url URL --backend-url URL/v1 --model NAME --backend-label LABEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from gradio_client.utils import apply_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_REPLY = (
+    "Hello! Gemma is a family of lightweight open models from Google: GKE Autopilot runs "
+    "pods on NVIDIA L4 GPUs."
+)
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """One streamed reply: when its first text arrived, when it ended, what it said."""
+
+    ttft_s: float
+    total_s: float
+    pieces: int
+    text: str
+
+    def tokens_per_s(self, tokens: int) -> float:
+        """Stream rate after the first token; the chat app may batch tokens per update."""
+        stream_s = self.total_s - self.ttft_s
+        return (tokens - 1) / stream_s if tokens > 1 and stream_s > 0 else 0.0
+
+
+class ChatAppSession:
+    """One browser-like session of the chat app, driven over Gradio's HTTP queue protocol."""
+
+    def __init__(self, http: httpx.AsyncClient, config: dict[str, Any], browser_id: str) -> None:
+        self.http = http
+        self.browser_id = browser_id
+        self.session_hash = secrets.token_hex(8)
+        prefix = config.get("api_prefix", "/gradio_api")
+        self.join_url = f"{prefix}/queue/join"
+        self.data_url = f"{prefix}/queue/data"
+        components = {c["id"]: c for c in config["components"]}
+        self.endpoints = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+        self.input_types = {
+            name: [components[i]["type"] for i in dep["inputs"]]
+            for name, dep in self.endpoints.items()
+        }
+
+    @classmethod
+    async def fetch_config(cls, http: httpx.AsyncClient) -> dict[str, Any]:
+        response = await http.get("/config")
+        response.raise_for_status()
+        return dict(response.json())
+
+    async def call(self, api_name: str, *values: Any) -> list[list[Any]]:
+        """Run one event; returns every output update (streamed ones reconstructed from diffs)."""
+        return [outputs async for _, outputs in self.stream(api_name, *values)]
+
+    async def stream(self, api_name: str, *values: Any) -> Any:
+        dependency = self.endpoints[api_name]
+        queue = iter(values)
+        # gr.State inputs live on the server; the protocol still wants a slot for each.
+        data = [None if t == "state" else next(queue) for t in self.input_types[api_name]]
+        join = await self.http.post(
+            self.join_url,
+            json={
+                "data": data,
+                "fn_index": dependency["id"],
+                "trigger_id": None,
+                "event_data": None,
+                "session_hash": self.session_hash,
+            },
+        )
+        join.raise_for_status()
+        event_id = join.json()["event_id"]
+        outputs: list[Any] | None = None
+        async with self.http.stream(
+            "GET", self.data_url, params={"session_hash": self.session_hash}
+        ) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") not in (None, event_id):
+                    continue
+                kind = message.get("msg")
+                if kind == "process_generating":
+                    data_out = message["output"]["data"]
+                    if outputs is None:
+                        outputs = list(data_out)
+                    else:
+                        outputs = [
+                            apply_diff(o, d) for o, d in zip(outputs, data_out, strict=False)
+                        ]
+                    yield "generating", outputs
+                elif kind == "process_completed":
+                    if not message.get("success", True):
+                        raise RuntimeError(f"{api_name} failed: {message.get('output')}")
+                    final = message["output"].get("data")
+                    if final is not None and outputs is None:
+                        yield "completed", final
+                    return
+
+    async def send(
+        self, message: str, backend_label: str, max_tokens: int = 64, system_prompt: str = ""
+    ) -> StreamTiming:
+        start = time.perf_counter()
+        first: float | None = None
+        pieces = 0
+        text = ""
+        async for _, outputs in self.stream(
+            "send", message, backend_label, 0.9, 0.95, max_tokens, system_prompt, self.browser_id
+        ):
+            shown = _assistant_text(outputs[0])
+            if shown != text and shown:
+                pieces += 1
+                text = shown
+                if first is None:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        return StreamTiming((first or end) - start, end - start, pieces, text)
+
+
+def _assistant_text(chat: Any) -> str:
+    if not isinstance(chat, list) or not chat:
+        return ""
+    last = chat[-1]
+    if last.get("role") != "assistant":
+        return ""
+    content = last.get("content")
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+async def direct_stream(
+    http: httpx.AsyncClient, backend_url: str, model: str, message: str, max_tokens: int
+) -> StreamTiming:
+    """The same request the chat app makes, sent straight to the OpenAI-compatible backend."""
+    start = time.perf_counter()
+    first: float | None = None
+    pieces = 0
+    text = ""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": message}],
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    async with http.stream("POST", f"{backend_url}/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if not chunk.get("choices"):
+                continue
+            piece = chunk["choices"][0].get("delta", {}).get("content") or ""
+            if piece:
+                pieces += 1
+                text += piece
+                if first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    return StreamTiming((first or end) - start, end - start, pieces, text)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+
+
+@dataclass(frozen=True)
+class Row:
+    sessions: int
+    direct: list[StreamTiming]
+    chat: list[StreamTiming]
+
+    def cells(self) -> list[str]:
+        tokens = round(statistics.median(t.pieces for t in self.direct))
+        d50, d95 = (
+            percentile([t.ttft_s for t in self.direct], 50),
+            percentile([t.ttft_s for t in self.direct], 95),
+        )
+        c50, c95 = (
+            percentile([t.ttft_s for t in self.chat], 50),
+            percentile([t.ttft_s for t in self.chat], 95),
+        )
+        return [
+            str(self.sessions),
+            f"{d50 * 1000:.0f}",
+            f"{d95 * 1000:.0f}",
+            f"{c50 * 1000:.0f}",
+            f"{c95 * 1000:.0f}",
+            f"{(c95 - d95) * 1000:+.0f}",
+            f"{statistics.median(t.tokens_per_s(t.pieces) for t in self.direct):.0f}",
+            # Same prompt, same deterministic reply: the direct stream's token count applies.
+            f"{statistics.median(t.tokens_per_s(tokens) for t in self.chat):.0f}",
+        ]
+
+
+HEADER = [
+    "sessions",
+    "direct TTFT p50 ms",
+    "direct p95 ms",
+    "chat app TTFT p50 ms",
+    "chat app p95 ms",
+    "added p95 ms",
+    "direct tok/s",
+    "chat app tok/s",
+]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---:|" * len(HEADER)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+async def measure(
+    *,
+    chat_url: str,
+    backend_url: str,
+    model: str,
+    backend_label: str,
+    levels: list[int],
+    max_tokens: int,
+    rounds: int,
+) -> list[Row]:
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    timeout = httpx.Timeout(120.0)
+    rows = []
+    async with (
+        httpx.AsyncClient(base_url=chat_url, limits=limits, timeout=timeout) as chat_http,
+        httpx.AsyncClient(limits=limits, timeout=timeout) as direct_http,
+    ):
+        config = await ChatAppSession.fetch_config(chat_http)
+        message = "What is Gemma, and where does this stack run it?"
+        # Warm both paths once so imports and first-connection costs are not measured.
+        await direct_stream(direct_http, backend_url, model, message, max_tokens)
+        await ChatAppSession(chat_http, config, "bench-warmup").send(
+            message, backend_label, max_tokens
+        )
+        for level in levels:
+            direct: list[StreamTiming] = []
+            chat: list[StreamTiming] = []
+            for _ in range(rounds):
+                # Direct and through-the-app runs alternate so both see the same machine load.
+                direct += await asyncio.gather(
+                    *(
+                        direct_stream(direct_http, backend_url, model, message, max_tokens)
+                        for _ in range(level)
+                    )
+                )
+                sessions = [
+                    ChatAppSession(chat_http, config, f"bench-{level}-{i}") for i in range(level)
+                ]
+                chat += await asyncio.gather(
+                    *(s.send(message, backend_label, max_tokens) for s in sessions)
+                )
+            rows.append(Row(level, direct, chat))
+            print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def local_stack(inference_concurrency: int) -> Iterator[tuple[str, str, str, str]]:
+    """Emulator + inference app (tiny Gemma 3) + chat app on free ports; yields their URLs."""
+    sys.path.insert(0, str(ROOT))
+    from app.inference.tiny_model import build_tiny_gemma3  # noqa: PLC0415
+    from devtools.firestore_emulator import FirestoreEmulator, free_port  # noqa: PLC0415
+
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-")))
+        emulator = stack.enter_context(FirestoreEmulator())
+        model_dir = build_tiny_gemma3(work / "tiny", reply=BENCH_REPLY)
+        inference_port, chat_port = free_port(), free_port()
+        inference_url = f"http://127.0.0.1:{inference_port}"
+        env = {"PYTHONPATH": str(ROOT), "HOST": "127.0.0.1"}
+        inference_env = {
+            **env,
+            "MODEL_URI": str(model_dir),
+            "PORT": str(inference_port),
+            "MAX_CONCURRENCY": str(inference_concurrency),
+            "MAX_QUEUE": "512",
+        }
+        stack.enter_context(
+            _process([sys.executable, "-m", "app.inference"], inference_env, work / "inference.log")
+        )
+        backends = [
+            {
+                "id": "gemma",
+                "label": "Gemma 3 (local)",
+                "kind": "openai",
+                "model": "tiny",
+                "base_url": f"{inference_url}/v1",
+            }
+        ]
+        chat_env = {
+            **env,
+            **emulator.env(),
+            "PORT": str(chat_port),
+            "CHAT_BACKENDS": json.dumps(backends),
+            "SYSTEM_PROMPT": "",
+        }
+        stack.enter_context(
+            _process([sys.executable, "-m", "app.chat"], chat_env, work / "chat.log")
+        )
+        for url in (f"{inference_url}/health", f"http://127.0.0.1:{chat_port}/healthz"):
+            _wait_any(url, 180.0)
+        yield f"http://127.0.0.1:{chat_port}", f"{inference_url}/v1", "tiny", "Gemma 3 (local)"
+
+
+def _wait_any(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout_s:g} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1,10,50", help="concurrency levels, comma-separated")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="repeats per level")
+    parser.add_argument("--inference-concurrency", type=int, default=16)
+    parser.add_argument("--chat-url", help="a running chat app (default: start one locally)")
+    parser.add_argument("--backend-url", help="the backend's OpenAI base URL, ending in /v1")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--backend-label", default="Gemma 3 (local)")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.sessions.split(",")]
+
+    def run(chat_url: str, backend_url: str, model: str, label: str) -> list[Row]:
+        return asyncio.run(
+            measure(
+                chat_url=chat_url,
+                backend_url=backend_url,
+                model=model,
+                backend_label=label,
+                levels=levels,
+                max_tokens=args.max_tokens,
+                rounds=args.rounds,
+            )
+        )
+
+    if args.chat_url and args.backend_url:
+        rows = run(args.chat_url, args.backend_url, args.model, args.backend_label)
+    else:
+        with local_stack(args.inference_concurrency) as urls:
+            rows = run(*urls)
+    print(f"chat app vs direct backend, {args.max_tokens} max tokens, {os.cpu_count()} CPUs")
+    print(markdown_table(rows))
+    worst = max(
+        percentile([t.ttft_s for t in r.chat], 95) - percentile([t.ttft_s for t in r.direct], 95)
+        for r in rows
+    )
+    print(f"worst added p95 TTFT: {worst * 1000:.0f} ms (target <= 50 ms at 50 sessions)")
+
+
+if __name__ == "__main__":
+    main()
