@@ -118,7 +118,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rows = [
+        rows: list[tuple[str, Path, str | None]] = [
             ("text", write_text(folder / "text.jsonl", args.lines), None),
             ("chat", write_chat(folder / "chat.jsonl", args.lines), None),
         ]

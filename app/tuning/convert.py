@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,7 @@ def _convert_lines(
                 )
             )
             continue
-        obj, problem = rules.load_example(raw)
+        obj, problem = rules.load_example(raw.removeprefix(codecs.BOM_UTF8) if line == 1 else raw)
         if obj is None:
             result.add(Finding("error", rules.RULE_JSON, line, problem))
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from app.tuning.rules import Severity
 from app.tuning.validate import Report
 
 
@@ -16,7 +17,8 @@ def render_text(report: Report) -> str:
         f"{report.path}: {report.format or 'unknown'} dataset"
         + (" (evaluation)" if report.eval_set else "")
     ]
-    for severity, title in (("error", "Errors"), ("warning", "Warnings")):
+    sections: tuple[tuple[Severity, str], ...] = (("error", "Errors"), ("warning", "Warnings"))
+    for severity, title in sections:
         found = report.sorted_findings(severity)
         total = report.errors if severity == "error" else report.warnings
         if not total:

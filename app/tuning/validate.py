@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 import sys
@@ -126,16 +127,16 @@ class MarkerTracker:
                 if len(use.missing_lines) < SAMPLE_LINES:
                     use.missing_lines.append(line)
         for marker in markers:
-            use = self.uses.get(marker)
-            if use is None:
+            known = self.uses.get(marker)
+            if known is None:
                 if len(self.uses) >= MAX_MARKERS:
                     continue
                 # Every earlier example lacked it.
-                use = _MarkerUse(missing=self.examples, missing_lines=list(self.first_lines))
-                self.uses[marker] = use
-            use.present += 1
-            if len(use.present_lines) < SAMPLE_LINES:
-                use.present_lines.append(line)
+                known = _MarkerUse(missing=self.examples, missing_lines=list(self.first_lines))
+                self.uses[marker] = known
+            known.present += 1
+            if len(known.present_lines) < SAMPLE_LINES:
+                known.present_lines.append(line)
         self.examples += 1
         if len(self.first_lines) < SAMPLE_LINES:
             self.first_lines.append(line)
@@ -414,6 +415,7 @@ class _Pass:
         self.seen = SeenExamples()
         self.markers = MarkerTracker()
         self.author_limit_reported = False
+        self.format_line = 0
 
     def error(self, rule: str, line: int, message: str) -> None:
         self.report.add(Finding("error", rule, line, message))
@@ -427,6 +429,17 @@ class _Pass:
             )
             return
         report.examples += 1
+        if line == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+            report.add(
+                Finding(
+                    "warning",
+                    rules.RULE_JSON,
+                    line,
+                    "the file starts with a UTF-8 byte-order mark, which strict JSONL readers "
+                    "reject; save it as UTF-8 without BOM",
+                )
+            )
         obj = self._load(line, raw)
         if obj is None:
             report.invalid_examples += 1
@@ -444,8 +457,23 @@ class _Pass:
                 )
                 return
             report.format = detected
+            self.format_line = line
             self.parse = rules.PARSERS[detected]
-        self._example(line, report.format or "", self.parse(obj, line))
+        example = self.parse(obj, line)
+        if example.findings:
+            looks_like = rules.detect_format(obj)
+            if looks_like not in {None, report.format}:
+                since = f"line {self.format_line}" if self.format_line else "--format"
+                example.findings.append(
+                    Finding(
+                        "error",
+                        rules.RULE_FORMAT,
+                        line,
+                        f"this line looks like a {looks_like} example in a {report.format} "
+                        f"dataset (format from {since}); use one format per file",
+                    )
+                )
+        self._example(line, report.format or "", example)
 
     def _load(self, line: int, raw: bytes) -> dict[str, Any] | None:
         obj, problem = rules.load_example(raw)

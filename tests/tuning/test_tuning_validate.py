@@ -409,3 +409,23 @@ def test_progress_only_on_a_terminal(tmp_path: Path) -> None:
     assert "\rvalidating: line 2,048 (" in terminal.getvalue()
     assert terminal.getvalue().endswith("\r\033[K")  # the meter is erased before the report
     assert pipe.getvalue() == ""
+
+
+def test_byte_order_mark_is_a_warning_not_a_json_error(
+    tmp_path: Path, text_rows: list[object]
+) -> None:
+    dataset = write_lines(tmp_path / "t.jsonl", text_rows)
+    dataset.write_bytes(b"\xef\xbb\xbf" + dataset.read_bytes())
+    report = validate_file(dataset)
+    assert found(report) == {("warning", "json", 1)}
+    assert report.examples == 100
+
+
+def test_mixed_formats_name_the_odd_line(tmp_path: Path, text_rows: list[object]) -> None:
+    text_rows[60] = chat_example(1)
+    report = validate_file(write_lines(tmp_path / "t.jsonl", text_rows))
+    assert found(report) == {("error", "fields", 61), ("error", "format", 61)}
+    assert any(
+        "looks like a chat example in a text dataset (format from line 1)" in f.message
+        for f in report.findings
+    )
