@@ -8,14 +8,11 @@ from typing import Any
 
 from .core import is_unknown
 
-# An env var whose name says it carries a credential.
+# An env var whose name ends in a credential word (HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD);
+# names that merely mention one (ID_TOKEN_SERVICE_ACCOUNT, HF_TOKEN_PATH, MAX_TOKENS) don't.
 _SECRET_NAME = re.compile(
-    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|APIKEY|API_KEY|ACCESS_KEY|"
-    r"PRIVATE_KEY|SECRET_KEY|AUTH_KEY|KEY)($|_)",
-    re.IGNORECASE,
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|APIKEY|KEY)$", re.IGNORECASE
 )
-# ...unless it only names where the credential is (HF_TOKEN_PATH, SECRET_NAME, KEY_FILE).
-_REFERENCE_SUFFIX = re.compile(r"_(FILE|PATH|DIR|NAME|ID|REF|URI|URL|VERSION)$", re.IGNORECASE)
 
 # Values that are credentials whatever the variable is called.
 _SECRET_VALUE = re.compile(
@@ -33,7 +30,7 @@ _ENV_REFERENCE = re.compile(r"^\$[({][A-Za-z_][A-Za-z0-9_]*[)}]$")
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name)) and not _REFERENCE_SUFFIX.search(name)
+    return bool(_SECRET_NAME.search(name))
 
 
 def looks_like_secret(value: str) -> bool:

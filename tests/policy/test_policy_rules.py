@@ -401,6 +401,13 @@ def test_tokens_reach_pods_only_through_secret_references() -> None:
     (message,) = only_messages(rule, DEPLOYMENT, leaky)
     assert "sets GEMINI_API_KEY as a literal env value" in message
     assert "secretKeyRef" in message
+    # Names that only mention a credential are not one.
+    innocent = deployment()
+    container_of(innocent)["env"] += [
+        {"name": name, "value": "x"}
+        for name in ("ID_TOKEN_SERVICE_ACCOUNT", "HF_TOKEN_PATH", "MAX_TOKENS", "SECRET_NAME")
+    ]
+    assert only_messages(rule, DEPLOYMENT, innocent) == []
     # A token pasted under an innocent name is caught by its shape.
     pasted = deployment()
     container_of(pasted)["env"].append(
