@@ -350,7 +350,7 @@ class ChatApp(pulumi.ComponentResource):
                                         mount_path="/tmp",  # noqa: S108
                                     )
                                 ],
-                                image_pull_policy="IfNotPresent",
+                                image_pull_policy="Always",
                             )
                         ],
                         volumes=[

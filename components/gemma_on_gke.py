@@ -293,7 +293,8 @@ class GemmaOnGke(pulumi.ComponentResource):
                 seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
             ),
             volume_mounts=mounts,
-            image_pull_policy="IfNotPresent",
+            # Re-checks the tag's digest only; cached layers are reused.
+            image_pull_policy="Always",
         )
         self.deployment = kubernetes.apps.v1.Deployment(
             f"{name}-vllm",
@@ -354,6 +355,32 @@ class GemmaOnGke(pulumi.ComponentResource):
                 ports=[
                     kubernetes.core.v1.ServicePortArgs(
                         name="http", port=VLLM_PORT, target_port="http", protocol="TCP"
+                    )
+                ],
+            ),
+            opts=k8s_opts,
+        )
+        # Only pods of this namespace (the chat app) may call the model server.
+        self.network_policy = kubernetes.networking.v1.NetworkPolicy(
+            f"{name}-clients",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=f"{args.service_name}-clients", namespace=args.namespace, labels=labels
+            ),
+            spec=kubernetes.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=kubernetes.meta.v1.LabelSelectorArgs(match_labels=labels),
+                policy_types=["Ingress"],
+                ingress=[
+                    kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[
+                            kubernetes.networking.v1.NetworkPolicyPeerArgs(
+                                pod_selector=kubernetes.meta.v1.LabelSelectorArgs()
+                            )
+                        ],
+                        ports=[
+                            kubernetes.networking.v1.NetworkPolicyPortArgs(
+                                port=VLLM_PORT, protocol="TCP"
+                            )
+                        ],
                     )
                 ],
             ),

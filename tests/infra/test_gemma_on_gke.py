@@ -170,6 +170,21 @@ def test_service_and_outputs_give_the_in_cluster_endpoint() -> None:
     }
 
 
+def test_only_pods_of_the_namespace_may_call_the_model_server() -> None:
+    run = deploy(GEMMA_SIZING["gemma-3-1b-it"])
+    policy = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs
+    labels = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert policy["metadata"]["namespace"] == "gemma-stack"
+    assert policy["spec"]["podSelector"] == {"matchLabels": labels}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    # An empty pod selector in `from` means: every pod of this namespace, none outside it.
+    assert rule["from"] == [{"podSelector": {}}]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
 def test_hf_token_reaches_the_pod_only_through_a_secret_key_ref() -> None:
     run = deploy(GEMMA_SIZING["gemma-3-4b-it"])
     secret = run.one("kubernetes:core/v1:Secret")
@@ -259,6 +274,7 @@ def test_every_child_belongs_to_the_component() -> None:
     assert {c.type for c in children} == {
         "kubernetes:apps/v1:Deployment",
         "kubernetes:core/v1:Service",
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
         "gcp:storage/bucketIAMMember:BucketIAMMember",
     }
     assert all(c.name.startswith("gemma-") for c in children)

@@ -184,6 +184,7 @@ def test_every_kind_the_components_render_is_covered() -> None:
         "Service",
         "Secret",
         "Ingress",
+        "NetworkPolicy",
         "BackendConfig",
         "ManagedCertificate",
     }
