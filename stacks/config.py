@@ -180,6 +180,8 @@ class StackConfig:
     images: ImagesConfig
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
+    # Deployable but costly or exposed choices, printed by `pulumi up` as warnings.
+    warnings: tuple[str, ...] = ()
 
     @property
     def enabled_cloud_run_services(self) -> tuple[CloudRunServiceConfig, ...]:
@@ -659,6 +661,26 @@ def parse_stack_config(
         chat=r.optional_text("chatImage"), inference=r.optional_text("inferenceImage")
     )
 
+    warnings = [
+        warning
+        for s in services
+        if s.enabled
+        for warning in (
+            f"Cloud Run service {s.name} is public: anyone on the internet can call this GPU "
+            "endpoint and run up its bill."
+            if s.public
+            else "",
+            f"Cloud Run service {s.name} keeps {s.min_instances} L4 instance(s) warm, billed "
+            "around the clock."
+            if s.min_instances > 0
+            else "",
+            f"Cloud Run service {s.name} uses GPU zonal redundancy: it costs more and needs "
+            "its own L4 quota."
+            if s.gpu_zonal_redundancy
+            else "",
+        )
+        if warning
+    ]
     config = StackConfig(
         project=project,
         region=region,
@@ -672,6 +694,7 @@ def parse_stack_config(
         images=images,
         hf_token=hf_token,
         chat_login_password=chat_login_password,
+        warnings=tuple(warnings),
     )
     if config.needs_hf_token and hf_token is None:
         users = []

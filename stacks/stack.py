@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
+
 from stacks.config import StackConfig
 from stacks.platform import build_platform, platform_outputs
 from stacks.serving import deploy_serving
@@ -11,6 +13,8 @@ from stacks.serving import deploy_serving
 
 def build_stack(config: StackConfig) -> dict[str, Any]:
     """Create every resource for `config` and return the stack outputs by name."""
+    for warning in config.warnings:
+        pulumi.log.warn(warning)
     platform = build_platform(config)
     outputs = platform_outputs(platform)
     outputs.update(deploy_serving(platform))

@@ -16,7 +16,7 @@ from stacks.config import (
     StackConfig,
     parse_stack_config,
 )
-from tests.pulumi_harness import REPO_ROOT, dev_config, run_program_error
+from tests.pulumi_harness import REPO_ROOT, dev_config, run_program, run_program_error
 
 TOKEN = pulumi.Output.from_input("hf_x")
 
@@ -279,6 +279,33 @@ def test_region_check_ignores_disabled_services() -> None:
 def test_bad_service_fields_are_refused(fields: dict[str, Any], expected: str) -> None:
     found = problems(service(**fields))
     assert any(expected in p for p in found), found
+
+
+def test_costly_or_public_choices_are_deployable_with_warnings() -> None:
+    config = parse(
+        service(
+            name="open", flavour="prebuilt", public=True, minInstances=1, gpuZonalRedundancy=True
+        )
+    )
+    assert len(config.warnings) == 3
+    assert "open is public" in config.warnings[0]
+    assert "keeps 1 L4 instance(s) warm" in config.warnings[1]
+    assert "zonal redundancy" in config.warnings[2]
+    assert parse().warnings == ()
+
+
+def test_warnings_are_printed_by_the_program() -> None:
+    error, _ = run_program_error(
+        overrides={**service(name="open", flavour="prebuilt", public=True), "gcp:project": "X"}
+    )
+    assert isinstance(error, ConfigError)  # invalid project: no warnings before the error
+    run = run_program(
+        overrides={
+            **service(name="open", flavour="prebuilt", public=True),
+            "gemma-stack:chatImage": "us-docker.pkg.dev/p/r/chat:1",
+        }
+    )
+    assert any("open is public" in w for w in run.warnings())
 
 
 def test_duplicate_service_names_are_refused() -> None:
