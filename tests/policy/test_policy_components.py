@@ -17,7 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
 from components.cloud_run_gpu_service import (
-    CloudRunGpuService, finetuned_gemma, prebuilt_gemma, vllm_gemma,
+    CloudRunGpuService, ServiceSettings, finetuned_gemma, prebuilt_gemma, vllm_gemma,
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 
@@ -25,7 +25,8 @@ provider = k8s.Provider("k8s", kubeconfig="{{}}")
 invoker = {{"chat": "serviceAccount:chat-invoker@my-gcp-project.iam.gserviceaccount.com"}}
 common = dict(project_id="my-gcp-project", region="us-central1", invokers=invoker)
 runs = [
-    CloudRunGpuService("prebuilt", prebuilt_gemma(variant="1b", **common)),
+    CloudRunGpuService("prebuilt", prebuilt_gemma(
+        variant="1b", settings=ServiceSettings(public={public}), **common)),
     CloudRunGpuService("vllm-hf", vllm_gemma(
         model_id="google/gemma-3-1b-it", max_model_len=8192, hf_token_secret="HF_TOKEN", **common)),
     CloudRunGpuService("vllm-gcs", vllm_gemma(
@@ -63,7 +64,7 @@ ChatApp("chat", ChatAppArgs(
 
 @pytest.mark.parametrize("exposure", ["internal", "iap", "login"])
 def test_serving_components_pass_every_mandatory_rule(exposure: str, tmp_path: Path) -> None:
-    run = run_snippet(SNIPPET.format(exposure=exposure), tmp_path)
+    run = run_snippet(SNIPPET.format(exposure=exposure, public=False), tmp_path)
     types = [r.type for r in run.resources]
     assert types.count("gcp:cloudrunv2/service:Service") == 4
     assert types.count("kubernetes:apps/v1:Deployment") == 3
@@ -77,3 +78,18 @@ def test_serving_components_pass_every_mandatory_rule(exposure: str, tmp_path: P
             if r.inputs["spec"].get("type") == "LoadBalancer"
         ]
         assert len(lb) == 1  # the rule really looked at a LoadBalancer
+
+
+def test_a_public_cloud_run_service_needs_the_policy_owners_approval(tmp_path: Path) -> None:
+    run = run_snippet(SNIPPET.format(exposure="internal", public=True), tmp_path)
+    resources = stack_resources(run.resources)
+    (service,) = [r for r in resources if r.name == "prebuilt-service"]
+    assert service.props["labels"]["gemma-stack-public"] == "true"  # the component's marker
+    found = [
+        v for v in evaluate(resources, RuleContext(stack="prod")) if v.enforcement is MANDATORY
+    ]
+    assert [v.rule for v in found] == ["no-public-cloud-run"]
+    assert "grants allUsers access to Cloud Run 'prebuilt'" in found[0].message
+    assert "not approved" in found[0].message
+    approved = RuleContext(stack="prod", approved_public=frozenset({"prebuilt"}))
+    assert [v for v in evaluate(resources, approved) if v.enforcement is MANDATORY] == []
