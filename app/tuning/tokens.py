@@ -22,6 +22,8 @@ class TokenCounter(Protocol):
 
     def count(self, text: str) -> int: ...
 
+    def count_batch(self, texts: list[str]) -> list[int]: ...
+
 
 class EstimatedTokens:
     """ceil(ASCII characters / 4) plus one token per non-ASCII character.
@@ -41,6 +43,9 @@ class EstimatedTokens:
             return math.ceil(len(text) / 4)
         wide = sum(1 for ch in text if ord(ch) > 127)
         return math.ceil((len(text) - wide) / 4) + wide
+
+    def count_batch(self, texts: list[str]) -> list[int]:
+        return [self.count(text) for text in texts]
 
 
 class ModelTokens:
@@ -63,17 +68,22 @@ class ModelTokens:
         self._encode = _load(folder, model_uri)
 
     def count(self, text: str) -> int:
-        return self._encode(text)
+        return self._encode([text])[0]
+
+    def count_batch(self, texts: list[str]) -> list[int]:
+        return self._encode(texts) if texts else []
 
 
-def _load(folder: Path, model_uri: str) -> Callable[[str], int]:
+def _load(folder: Path, model_uri: str) -> Callable[[list[str]], list[int]]:
     tokenizer_json = folder / "tokenizer.json"
     if tokenizer_json.is_file():
         try:
             fast = Tokenizer.from_file(str(tokenizer_json))
         except Exception as err:
             raise TokenizerError(f"{model_uri}: tokenizer.json could not be read: {err}") from err
-        return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
+        return lambda texts: [
+            len(e.ids) for e in fast.encode_batch(texts, add_special_tokens=False)
+        ]
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.model").is_file():
         # transformers takes seconds to import; only slow-tokenizer folders need it.
         from transformers import AutoTokenizer  # noqa: PLC0415
@@ -82,7 +92,9 @@ def _load(folder: Path, model_uri: str) -> Callable[[str], int]:
             slow = AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:
             raise TokenizerError(f"{model_uri}: the tokenizer could not be loaded: {err}") from err
-        return lambda text: len(slow.encode(text, add_special_tokens=False))
+        return lambda texts: [
+            len(ids) for ids in slow(texts, add_special_tokens=False)["input_ids"]
+        ]
     raise TokenizerError(
         f"{model_uri} has no tokenizer.json or tokenizer_config.json; point --tokenizer at the "
         "model folder that holds the tokenizer files (the merged model folder), or leave "

@@ -22,6 +22,8 @@ KEPT_PER_RULE = 50
 HISTOGRAM_CAP = 1 << 16
 # Markers tracked at once, and line numbers remembered per marker.
 MAX_MARKERS = 32
+# Examples whose tokens are counted together.
+TOKEN_BATCH = 256
 SAMPLE_LINES = 5
 
 
@@ -275,9 +277,8 @@ def _example_hash(key: tuple[str, ...]) -> int:
 
 
 def _check_tokens(
-    fmt: str, example: rules.Example, line: int, counter: TokenCounter, report: Report
+    fmt: str, line: int, counts: list[tuple[str, int]], counter: TokenCounter, report: Report
 ) -> None:
-    counts = [(kind, counter.count(text)) for kind, text in example.texts]
     # Estimated counts can be off either way, so an estimated overage is a warning.
     hard: Severity = "error" if counter.exact else "warning"
     how = "" if counter.exact else " (estimated)"
@@ -416,6 +417,17 @@ class _Pass:
         self.markers = MarkerTracker()
         self.author_limit_reported = False
         self.format_line = 0
+        # Token counting waits for a batch, so a real tokenizer encodes many texts per call.
+        self.pending: list[tuple[int, list[tuple[str, str]]]] = []
+
+    def _count_tokens(self) -> None:
+        texts = [text for _, example in self.pending for _, text in example]
+        counts = iter(self.counter.count_batch(texts))
+        fmt = self.report.format or ""
+        for line, example in self.pending:
+            paired = [(kind, next(counts)) for kind, _ in example]
+            _check_tokens(fmt, line, paired, self.counter, self.report)
+        self.pending.clear()
 
     def error(self, rule: str, line: int, message: str) -> None:
         self.report.add(Finding("error", rule, line, message))
@@ -501,7 +513,9 @@ class _Pass:
         if any(f.severity == "error" for f in example.findings):
             report.invalid_examples += 1
             return
-        _check_tokens(fmt, example, line, self.counter, report)
+        self.pending.append((line, example.texts))
+        if len(self.pending) >= TOKEN_BATCH:
+            self._count_tokens()
         digest = _example_hash(example.key)
         first = self.seen.first_line(digest, line)
         if first != line:
@@ -517,6 +531,7 @@ class _Pass:
 
     def finish(self) -> None:
         report = self.report
+        self._count_tokens()
         if report.eval_set and report.format == "chat":
             self.error(
                 rules.RULE_FORMAT,
