@@ -52,7 +52,8 @@ MODEL_BUILD_TIMEOUT_S = 300.0
 OFFLINE_MODEL_READY_TIMEOUT_S = 300.0
 REAL_MODEL_READY_TIMEOUT_S = 3600.0
 CHAT_READY_TIMEOUT_S = 180.0
-STOP_GRACE_S = 10.0
+HURRY_AFTER_S = 3.0
+STOP_GRACE_S = 5.0
 PROGRESS_EVERY_S = 15.0
 PORT_SEARCH_SPAN = 50
 
@@ -230,29 +231,41 @@ def process_tree(pid: int) -> list[psutil.Process]:
 def stop_children(
     children: Sequence[ChildProcess], meanwhile: Callable[[], None] = lambda: None
 ) -> None:
-    """SIGTERM every child's group, run `meanwhile`, wait a grace period, then SIGKILL the rest.
+    """Stop every child's process tree: SIGTERM, then SIGINT, then SIGKILL what is left.
 
     Processes are listed before any signal, so a grandchild that moved to its own group (or
-    whose parent exits first) is still found and stopped.
+    whose parent exits first) is still found and stopped. `meanwhile` runs after the first
+    signal, so other shutdowns overlap with these.
     """
     tree = [proc for child in children for proc in process_tree(child.popen.pid)]
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.popen.pid, signal.SIGTERM)
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
+    _signal_all(children, tree, signal.SIGTERM)
     meanwhile()
-    _gone, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
+    _gone, alive = psutil.wait_procs(tree, timeout=HURRY_AFTER_S)
+    if alive:
+        # A server waiting for open connections (a browser tab keeps one) stops waiting on a
+        # second interrupt, as uvicorn does.
+        _signal_all(children, alive, signal.SIGINT)
+        _gone, alive = psutil.wait_procs(alive, timeout=STOP_GRACE_S)
     for proc in alive:
-        say(f"process {proc.pid} ignored SIGTERM for {STOP_GRACE_S:.0f} s; killing it")
         with contextlib.suppress(psutil.NoSuchProcess):
+            say(f"process {proc.pid} ({proc.name()}) did not stop; killing it")
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
     for child in children:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.popen.pid, signal.SIGKILL)
         child.popen.wait()
+
+
+def _signal_all(
+    children: Sequence[ChildProcess], procs: Sequence[psutil.Process], sig: signal.Signals
+) -> None:
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.popen.pid, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
 
 
 class Demo:
@@ -276,7 +289,8 @@ class Demo:
             self._supervise()
         except StopRequested:
             say()  # the terminal's ^C has no newline
-            return 130
+            # A stop the user asked for is a success, so make ends quietly instead of "Error 130".
+            return 0
         except DemoError as err:
             say(f"error: {err}")
             return 1

@@ -194,12 +194,18 @@ def test_a_slow_child_times_out_naming_its_log(tmp_path: Path) -> None:
     assert "downloading weights 3/7" in str(caught.value)
 
 
-def test_stop_leaves_no_process_even_when_one_escapes_or_ignores_sigterm(
+def test_stop_leaves_no_process_even_when_one_escapes_or_ignores_signals(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(demo, "STOP_GRACE_S", 1.0)
+    monkeypatch.setattr(demo, "HURRY_AFTER_S", 0.5)
+    monkeypatch.setattr(demo, "STOP_GRACE_S", 0.5)
     pids_file = tmp_path / "pids"
-    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"
+    stubborn = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "time.sleep(600)"
+    )
     script = f"""
 import subprocess, sys, time
 stubborn = subprocess.Popen([sys.executable, "-c", {stubborn!r}])
