@@ -8,7 +8,6 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from app.chat.server import create_app
 from app.chat.settings import ChatSettings
 
 
@@ -20,6 +19,8 @@ def main() -> None:
         settings = ChatSettings()  # type: ignore[call-arg] - filled from the environment
     except ValidationError as err:
         sys.exit(f"chat app settings are invalid:\n{err}")
+    from app.chat.server import create_app  # noqa: PLC0415 - bad settings fail before Gradio loads
+
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from app.chat.settings import ChatSettings
@@ -24,7 +24,8 @@ def new_browser_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def _verify_iap_jwt(assertion: str, audience: str) -> dict[str, Any]:
+def verify_iap_jwt(assertion: str, audience: str, certs_url: str = IAP_CERTS_URL) -> dict[str, Any]:
+    """Check IAP's signed header: signature (IAP's public keys), audience, expiry, issuer."""
     import google.auth.transport.requests  # noqa: PLC0415
     from google.oauth2 import id_token  # noqa: PLC0415
 
@@ -32,7 +33,7 @@ def _verify_iap_jwt(assertion: str, audience: str) -> dict[str, Any]:
         assertion,
         google.auth.transport.requests.Request(),
         audience=audience,
-        certs_url=IAP_CERTS_URL,
+        certs_url=certs_url,
     )
     if claims.get("iss") != IAP_ISSUER:
         raise ValueError(f"unexpected issuer {claims.get('iss')!r}")
@@ -42,14 +43,10 @@ def _verify_iap_jwt(assertion: str, audience: str) -> dict[str, Any]:
 class OwnerResolver:
     """Turns a request into the owner key that every history query filters on."""
 
-    def __init__(
-        self,
-        settings: ChatSettings,
-        verify_iap_jwt: Callable[[str, str], dict[str, Any]] = _verify_iap_jwt,
-    ) -> None:
+    def __init__(self, settings: ChatSettings, iap_certs_url: str = IAP_CERTS_URL) -> None:
         self.mode = settings.auth_mode
         self.iap_audience = settings.iap_audience
-        self._verify = verify_iap_jwt
+        self.iap_certs_url = iap_certs_url
         # Verified assertions are cached until shortly before they expire (IAP re-signs often).
         self._verified: dict[str, tuple[str, float]] = {}
 
@@ -76,7 +73,9 @@ class OwnerResolver:
             if cached and cached[1] > time.time():
                 return cached[0]
             try:
-                claims = await asyncio.to_thread(self._verify, assertion, self.iap_audience)
+                claims = await asyncio.to_thread(
+                    verify_iap_jwt, assertion, self.iap_audience, self.iap_certs_url
+                )
             except Exception as err:
                 raise IdentityError(f"The IAP identity assertion is not valid: {err}") from err
             email = str(claims.get("email") or "")

@@ -3,8 +3,8 @@
 No real model server fails on demand, so this one speaks just enough of the OpenAI and Gemini
 streaming APIs to fail in the ways the chat app must survive. The model name picks the
 behaviour: `drop` streams a few words then cuts the connection, `busy` answers 429, `pending`
-answers 503 (a Gemma pod still waiting for a GPU), `hang` never answers, `echo` streams the
-Authorization header it received back as text.
+answers 503 (a Gemma pod still waiting for a GPU), `hang` never answers, `echo` streams back what
+it received (Authorization header, roles, system prompt) as one JSON text.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class MisbehavingBackend:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            current = asyncio.current_task()
+            hanging = [t for t in asyncio.all_tasks() if t is not current]
+            for task in hanging:
+                task.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -69,7 +74,7 @@ class MisbehavingBackend:
             self.requests.append(
                 {"method": method, "path": path, "headers": headers, "model": model}
             )
-            await self._respond(writer, model, gemini is not None, headers)
+            await self._respond(writer, model, gemini is not None, headers, body)
         writer.close()
 
     async def _respond(
@@ -78,6 +83,7 @@ class MisbehavingBackend:
         model: str,
         gemini: bool,
         headers: dict[str, str],
+        body: dict[str, Any],
     ) -> None:
         if model == "hang":
             await asyncio.sleep(3600)
@@ -105,7 +111,7 @@ class MisbehavingBackend:
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
-        words = [headers.get("authorization", "(none)")] if model == "echo" else DROP_WORDS
+        words = [json.dumps(_summary(headers, body, gemini))] if model == "echo" else DROP_WORDS
         for word in words:
             await self._send_event(writer, word, gemini)
             await asyncio.sleep(0.02)
@@ -134,3 +140,23 @@ class MisbehavingBackend:
     async def _send_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         await writer.drain()
+
+
+def _summary(headers: dict[str, str], body: dict[str, Any], gemini: bool) -> dict[str, Any]:
+    """What an echo reply reports: enough to check auth, history and system prompt handling."""
+    if gemini:
+        contents = body.get("contents", [])
+        system = body.get("systemInstruction") or body.get("system_instruction")
+        return {
+            "authorization": headers.get("authorization"),
+            "roles": [c.get("role") for c in contents],
+            "texts": [c["parts"][0].get("text") for c in contents],
+            "system": system["parts"][0]["text"] if system else None,
+        }
+    messages = body.get("messages", [])
+    return {
+        "authorization": headers.get("authorization"),
+        "roles": [m.get("role") for m in messages],
+        "texts": [m.get("content") for m in messages],
+        "system": None,
+    }

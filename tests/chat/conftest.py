@@ -1,0 +1,114 @@
+"""Fixtures for the chat app's tests, started once per session.
+
+Slow starts overlap: the tiny model builds and both chat apps import Gradio while the
+emulator boots; the inference app starts once its model folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from devtools.firestore_emulator import FirestoreEmulator, free_port  # noqa: E402
+from tests.chat.misbehaving_backend import MisbehavingBackend  # noqa: E402
+from tests.chat.stack import DATABASE, REPLY, USERS, ServerProcess, Stack, start_process  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("chat-stack")
+    model_dir = work / "tiny"
+    model_build = subprocess.Popen(
+        [sys.executable, "-m", "app.inference.tiny_model", str(model_dir), "--reply", REPLY],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "tiny_model.log").open("wb"),
+    )
+    firestore = FirestoreEmulator()
+    misbehaving = MisbehavingBackend().start()
+    result = Stack(
+        firestore=firestore,
+        misbehaving=misbehaving,
+        log_dir=work,
+        model_build=model_build,
+        model_dir=model_dir,
+        inference_port=free_port(),
+        chat_ports={"none": free_port(), "login": free_port()},
+    )
+    no_credentials = work / "gcloud-config"
+    no_credentials.mkdir()
+    for mode, port in result.chat_ports.items():
+        env = {
+            **firestore.env(),
+            "CHAT_BACKENDS": json.dumps(result.backends()),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "AUTH_MODE": mode,
+            "LOGIN_CREDENTIALS": ",".join(f"{u}:{p}" for u, p in USERS.items()),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            # No Google credentials anywhere, so the Vertex AI backend must explain itself.
+            "GOOGLE_APPLICATION_CREDENTIALS": str(work / "missing-key.json"),
+            "CLOUDSDK_CONFIG": str(no_credentials),
+            "GCE_METADATA_HOST": f"127.0.0.1:{free_port()}",
+            "GCE_METADATA_IP": f"127.0.0.1:{free_port()}",
+        }
+        result.processes[f"chat-{mode}"] = start_process(
+            f"chat-{mode}",
+            [sys.executable, "-m", "app.chat"],
+            env,
+            log_dir=work,
+            port=port,
+            health="/healthz",
+        )
+    previous = {k: os.environ.get(k) for k in firestore.env()}
+    try:
+        firestore.start()
+        os.environ.update(firestore.env())
+        yield result
+    finally:
+        for process in result.processes.values():
+            process.stop()
+        if model_build.poll() is None:
+            model_build.kill()
+        misbehaving.stop()
+        firestore.stop()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def firestore(stack: Stack) -> FirestoreEmulator:
+    """The emulator, running and empty (an outage test may have stopped it)."""
+    if not stack.firestore.running:
+        stack.firestore.start()
+    stack.firestore.clear(DATABASE)
+    return stack.firestore
+
+
+@pytest.fixture
+def chat_app(stack: Stack, firestore: FirestoreEmulator) -> ServerProcess:
+    return stack.chat("none")
+
+
+@pytest.fixture
+def login_chat_app(stack: Stack, firestore: FirestoreEmulator) -> ServerProcess:
+    return stack.chat("login")
+
+
+@pytest.fixture
+def inference_url(stack: Stack) -> str:
+    return stack.inference().url

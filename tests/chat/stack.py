@@ -1,0 +1,170 @@
+"""Real parts for the chat app's tests: the Firestore emulator, the inference app and chat apps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devtools.firestore_emulator import FirestoreEmulator, free_port
+from tests.chat.misbehaving_backend import MisbehavingBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DATABASE = "chat-app-db"
+# The tiny model is scripted to say this (its tokens must not repeat; see tiny_model.py).
+REPLY = (
+    "Hello! Gemma is a family of lightweight open models from Google: GKE Autopilot runs "
+    "pods on NVIDIA L4 GPUs."
+)
+USERS = {"alice": "wonderland", "bob": "builder"}
+GEMMA = "Gemma 3 (inference app, OpenAI API)"
+GEMINI_API = "Gemma 3 (inference app, Gemini API)"
+FLAKY = "Flaky Gemma (drops mid-reply)"
+PENDING = "Gemma on GKE (GPU pending)"
+VERTEX = "Gemini 2.5 Flash (Vertex AI)"
+DOWN = "Gemma on Cloud Run (down)"
+ECHO = "Echo (OpenAI API)"
+GEMINI_ECHO = "Echo (Gemini API)"
+
+
+@dataclass
+class ServerProcess:
+    """A server started as a child process in its own process group, logging to a file."""
+
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    health_path: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def wait_ready(self, timeout_s: float = 180.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + self.health_path, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready in {timeout_s:g} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + self.health_path, timeout=5) as response:
+            return dict(json.loads(response.read()))
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+def start_process(
+    name: str, args: list[str], env: dict[str, str], *, log_dir: Path, port: int, health: str
+) -> ServerProcess:
+    log_path = log_dir / f"{name}.log"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            args,
+            env=full_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ServerProcess(name, f"http://127.0.0.1:{port}", popen, log_path, health, env)
+
+
+@dataclass
+class Stack:
+    """Everything the app-level tests talk to."""
+
+    firestore: FirestoreEmulator
+    misbehaving: MisbehavingBackend
+    log_dir: Path
+    model_build: subprocess.Popen[bytes]
+    model_dir: Path
+    inference_port: int
+    chat_ports: dict[str, int]
+    processes: dict[str, ServerProcess] = field(default_factory=dict)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.inference_port}"
+
+    def backends(self) -> list[dict[str, Any]]:
+        bad = self.misbehaving.base_url
+        return [
+            _backend("gemma", GEMMA, "openai", "tiny", f"{self.inference_url}/v1"),
+            _backend("gemma-gemini-api", GEMINI_API, "gemini", "tiny", self.inference_url),
+            _backend("flaky", FLAKY, "openai", "drop", f"{bad}/v1"),
+            _backend("gke-pending", PENDING, "openai", "pending", f"{bad}/v1"),
+            {
+                "id": "vertex",
+                "label": VERTEX,
+                "kind": "gemini",
+                "model": "gemini-2.5-flash",
+                "vertex": True,
+                "location": "global",
+            },
+            _backend("down", DOWN, "openai", "tiny", f"http://127.0.0.1:{free_port()}/v1"),
+            _backend("echo", ECHO, "openai", "echo", f"{bad}/v1"),
+            _backend("gemini-echo", GEMINI_ECHO, "gemini", "echo", bad),
+        ]
+
+    def inference(self) -> ServerProcess:
+        if "inference" not in self.processes:
+            if self.model_build.wait(timeout=300) != 0:
+                raise RuntimeError("building the tiny model failed")
+            self.processes["inference"] = start_process(
+                "inference",
+                [sys.executable, "-m", "app.inference"],
+                {
+                    "MODEL_URI": str(self.model_dir),
+                    "HOST": "127.0.0.1",
+                    "PORT": str(self.inference_port),
+                    "MAX_CONCURRENCY": "8",
+                    "MAX_QUEUE": "256",
+                },
+                log_dir=self.log_dir,
+                port=self.inference_port,
+                health="/health",
+            )
+        return self.processes["inference"].wait_ready()
+
+    def chat(self, mode: str) -> ServerProcess:
+        process = self.processes[f"chat-{mode}"]
+        process.wait_ready()
+        self.inference()
+        return process
+
+
+def _backend(backend_id: str, label: str, kind: str, model: str, base_url: str) -> dict[str, Any]:
+    return {"id": backend_id, "label": label, "kind": kind, "model": model, "base_url": base_url}
+
+
+def firestore_client() -> Any:
+    """A synchronous client on the emulator, for checking what the app wrote."""
+    from google.cloud import firestore  # noqa: PLC0415
+
+    return firestore.Client(database=DATABASE)
