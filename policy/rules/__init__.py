@@ -23,7 +23,7 @@ RESOURCE_RULES: list[ResourceRule] = [
     *kubernetes.RULES,
     *firestore.RULES,
 ]
-STACK_RULES: list[StackRule] = [*cloudrun.STACK_RULES]
+STACK_RULES: list[StackRule] = [*cloudrun.STACK_RULES, *kubernetes.STACK_RULES]
 ALL_RULES: list[ResourceRule | StackRule] = [*RESOURCE_RULES, *STACK_RULES]
 
 __all__ = [

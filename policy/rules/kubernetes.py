@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .core import ADVISORY, MANDATORY, ResourceRule, RuleContext, is_unknown
+from .core import (
+    ADVISORY,
+    MANDATORY,
+    ResourceRule,
+    RuleContext,
+    StackResource,
+    StackRule,
+    is_unknown,
+)
 from .secrets import literal_secret_args, literal_secret_envs
 
 GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_SELECTOR = "cloud.google.com/gke-accelerator"
 CHAT_APP_LABEL = ("app.kubernetes.io/name", "chat-app")
-# The chat app's own sign-in (or IAP in front of it) is declared on its Service with this
-# annotation; `app-login` means the app itself refuses anonymous users.
+# How an exposed Service or Ingress declares who lets users in: `app-login` (the app's own
+# sign-in) or `iap` (Identity-Aware Proxy, possible only on an Ingress, i.e. an HTTPS LB).
 AUTH_ANNOTATION = "gemma-stack/auth"
-AUTH_LAYERS = frozenset({"app-login", "iap"})
 INTERNAL_LB_ANNOTATIONS = {
     "networking.gke.io/load-balancer-type": "internal",
     "cloud.google.com/load-balancer-type": "internal",
 }
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+BACKEND_CONFIG_ANNOTATIONS = (
+    "cloud.google.com/backend-config",
+    "beta.cloud.google.com/backend-config",
+)
 
 SERVICE = "kubernetes:core/v1:Service"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+BACKEND_CONFIG = "kubernetes:cloud.google.com/v1:BackendConfig"
 # Where each workload kind keeps its pod template.
 _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:core/v1:Pod": ("spec",),
@@ -76,6 +91,13 @@ def is_chat_app(resource_type: str, props: Mapping[str, Any]) -> bool:
     return _label_values(resource_type, props).get(key) == value
 
 
+def _quantity(value: Any) -> str:
+    # The engine turns `1` into 1.0; "1", 1 and 1.0 are the same GPU count.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _gpu_scheduling(
     resource_type: str, props: Mapping[str, Any], context: RuleContext
 ) -> list[str]:
@@ -94,7 +116,7 @@ def _gpu_scheduling(
                 f"schedules GPUs by limit. Set resources.limits[{GPU_RESOURCE!r}] to the GPU "
                 "count (and requests equal to it, or leave requests out)."
             )
-        elif requested is not None and str(requested) != str(limited):
+        elif requested is not None and _quantity(requested) != _quantity(limited):
             messages.append(
                 f"Container {name!r} requests {requested} GPUs but limits {limited}; GPU "
                 "requests and limits must be equal."
@@ -218,29 +240,105 @@ def _workload_hardened(
     return [f"Workload should run hardened: {'; '.join(findings)}."] if findings else []
 
 
+def _annotations(props: Mapping[str, Any]) -> Mapping[str, Any]:
+    found = _dig(props, ("metadata", "annotations")) or {}
+    return found if isinstance(found, Mapping) else {}
+
+
 def _load_balancer_auth(
     resource_type: str, props: Mapping[str, Any], context: RuleContext
 ) -> list[str]:
-    del resource_type, context
+    del context
+    annotations = _annotations(props)
+    auth = annotations.get(AUTH_ANNOTATION)
+    name = _dig(props, ("metadata", "name")) or resource_type.rsplit(":", 1)[-1]
+    if resource_type == INGRESS:
+        ingress_class = str(annotations.get(INGRESS_CLASS_ANNOTATION, "")).lower()
+        if ingress_class == "gce-internal" or is_unknown(auth) or auth in {"iap", "app-login"}:
+            return []
+        return [
+            f"Ingress {name!r} publishes the app on an external HTTPS load balancer with no "
+            "authentication layer declared. Turn on IAP (a BackendConfig with iap.enabled "
+            f"referenced by the Service) and annotate the Ingress {AUTH_ANNOTATION}: iap, or "
+            f"enable the app's own sign-in and annotate it {AUTH_ANNOTATION}: app-login."
+        ]
     if _dig(props, ("spec", "type")) != "LoadBalancer":
-        return []
-    annotations = _dig(props, ("metadata", "annotations")) or {}
-    if not isinstance(annotations, Mapping):
         return []
     for key, internal in INTERNAL_LB_ANNOTATIONS.items():
         value = annotations.get(key)
         if isinstance(value, str) and value.lower() == internal:
             return []  # reachable only from the VPC
-    auth = annotations.get(AUTH_ANNOTATION)
-    if is_unknown(auth) or auth in AUTH_LAYERS:
+    if is_unknown(auth) or auth == "app-login":
         return []
-    name = _dig(props, ("metadata", "name")) or "Service"
     return [
-        f"Service {name!r} is a public LoadBalancer with no authentication layer declared. "
-        "Either keep it internal (ClusterIP, or the annotation "
-        "networking.gke.io/load-balancer-type: Internal), put it behind IAP, or enable the "
-        f"app's own sign-in and annotate the Service {AUTH_ANNOTATION}: app-login."
+        f"Service {name!r} is a public LoadBalancer with no authentication layer declared"
+        + (" (IAP cannot front a LoadBalancer Service; it needs an Ingress)" if auth else "")
+        + ". Either keep it internal (ClusterIP, or the annotation "
+        "networking.gke.io/load-balancer-type: Internal), put an IAP Ingress in front, or "
+        f"enable the app's own sign-in and annotate the Service {AUTH_ANNOTATION}: app-login."
     ]
+
+
+def _backend_config_names(service: StackResource) -> set[str]:
+    names: set[str] = set()
+    for key in BACKEND_CONFIG_ANNOTATIONS:
+        raw = _annotations(service.props).get(key)
+        if not isinstance(raw, str) or is_unknown(raw):
+            continue
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, Mapping):
+            if isinstance(parsed.get("default"), str):
+                names.add(parsed["default"])
+            ports = parsed.get("ports")
+            if isinstance(ports, Mapping):
+                names.update(str(v) for v in ports.values())
+    return names
+
+
+def _ingress_backends(ingress: StackResource) -> set[str]:
+    spec = ingress.props.get("spec") or {}
+    backends = [_dig(spec, ("defaultBackend", "service", "name"))]
+    for rule in spec.get("rules") or []:
+        for path in _dig(rule, ("http", "paths")) or []:
+            backends.append(_dig(path, ("backend", "service", "name")))
+    return {b for b in backends if isinstance(b, str)}
+
+
+def _iap_is_configured(
+    resources: Sequence[StackResource], context: RuleContext
+) -> list[tuple[str, str]]:
+    """An Ingress that says `iap` must reach only Services whose BackendConfig enables IAP."""
+    del context
+    services = {_dig(r.props, ("metadata", "name")): r for r in resources if r.type == SERVICE}
+    iap_configs = {
+        _dig(r.props, ("metadata", "name"))
+        for r in resources
+        if r.type == BACKEND_CONFIG and _dig(r.props, ("spec", "iap", "enabled")) is True
+    }
+    found = []
+    for ingress in resources:
+        if ingress.type != INGRESS or _annotations(ingress.props).get(AUTH_ANNOTATION) != "iap":
+            continue
+        for backend in sorted(_ingress_backends(ingress)):
+            if is_unknown(backend):
+                continue
+            service = services.get(backend)
+            configs = _backend_config_names(service) if service else set()
+            if not configs & iap_configs:
+                found.append(
+                    (
+                        f"Ingress {ingress.name!r} declares {AUTH_ANNOTATION}: iap, but its "
+                        f"backend Service {backend!r} references no BackendConfig with "
+                        "spec.iap.enabled: true, so the load balancer would let anyone in. "
+                        "Annotate the Service cloud.google.com/backend-config with a "
+                        "BackendConfig that enables IAP.",
+                        ingress.urn,
+                    )
+                )
+    return found
 
 
 GPU_SCHEDULING = ResourceRule(
@@ -293,11 +391,21 @@ WORKLOAD_HARDENED = ResourceRule(
 
 LOAD_BALANCER_AUTH = ResourceRule(
     name="k8s-load-balancer-auth",
-    description="No public LoadBalancer Service without an authentication layer in front.",
+    description=(
+        "No public LoadBalancer Service or Ingress without an authentication layer in front."
+    ),
     enforcement=MANDATORY,
     check=_load_balancer_auth,
-    resource_types=frozenset({SERVICE}),
-    remediation=f"Make it internal, or annotate {AUTH_ANNOTATION}: app-login|iap.",
+    resource_types=frozenset({SERVICE, INGRESS}),
+    remediation=f"Make it internal, or declare {AUTH_ANNOTATION}: app-login (or iap on Ingress).",
+)
+
+IAP_CONFIGURED = StackRule(
+    name="k8s-iap-configured",
+    description="An Ingress declaring IAP reaches only Services whose BackendConfig enables it.",
+    enforcement=MANDATORY,
+    check=_iap_is_configured,
+    remediation="Reference a BackendConfig with iap.enabled from every backend Service.",
 )
 
 RULES = [
@@ -308,3 +416,4 @@ RULES = [
     WORKLOAD_HARDENED,
     LOAD_BALANCER_AUTH,
 ]
+STACK_RULES = [IAP_CONFIGURED]

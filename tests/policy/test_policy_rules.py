@@ -376,6 +376,14 @@ def test_gpu_pods_need_the_accelerator_selector_and_a_gpu_limit() -> None:
     (message,) = only_messages(rule, DEPLOYMENT, no_selector)
     assert "cloud.google.com/gke-accelerator" in message
     assert "Autopilot rejects" in message
+    # The engine sends numbers as floats: 1.0 and "1" are the same count.
+    floats = deployment()
+    container_of(floats)["resources"]["requests"]["nvidia.com/gpu"] = 1.0
+    assert only_messages(rule, DEPLOYMENT, floats) == []
+    unequal = deployment()
+    container_of(unequal)["resources"]["requests"]["nvidia.com/gpu"] = "2"
+    (message,) = only_messages(rule, DEPLOYMENT, unequal)
+    assert "must be equal" in message
     request_only = deployment()
     del container_of(request_only)["resources"]["limits"]["nvidia.com/gpu"]
     (message,) = only_messages(rule, DEPLOYMENT, request_only)
@@ -451,6 +459,46 @@ def test_a_load_balancer_needs_an_authentication_layer() -> None:
     (message,) = only_messages(rule, K8S_SERVICE, lb({}))
     assert "public LoadBalancer with no authentication layer" in message
     assert "gemma-stack/auth: app-login" in message
+    # IAP cannot sit in front of a network load balancer, so claiming it does not count.
+    (message,) = only_messages(rule, K8S_SERVICE, lb({"gemma-stack/auth": "iap"}))
+    assert "IAP cannot front a LoadBalancer Service" in message
+
+
+def _ingress(annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "chat", "annotations": annotations},
+        "spec": {"defaultBackend": {"service": {"name": "chat-app", "port": {"number": 7860}}}},
+    }
+
+
+def test_an_ingress_needs_an_authentication_layer() -> None:
+    rule = kubernetes.LOAD_BALANCER_AUTH
+    assert only_messages(rule, kubernetes.INGRESS, _ingress({"gemma-stack/auth": "iap"})) == []
+    internal = {"kubernetes.io/ingress.class": "gce-internal"}
+    assert only_messages(rule, kubernetes.INGRESS, _ingress(internal)) == []
+    (message,) = only_messages(rule, kubernetes.INGRESS, _ingress({}))
+    assert "external HTTPS load balancer with no authentication layer" in message
+
+
+def test_an_ingress_that_claims_iap_must_have_it() -> None:
+    rule = kubernetes.IAP_CONFIGURED
+    ingress = StackResource(
+        kubernetes.INGRESS, "chat-ingress", _ingress({"gemma-stack/auth": "iap"})
+    )
+
+    def service(annotations: dict[str, str]) -> StackResource:
+        props = {"metadata": {"name": "chat-app", "annotations": annotations}}
+        return StackResource(K8S_SERVICE, "chat-service", props)
+
+    def backend_config(iap: bool) -> StackResource:
+        props = {"metadata": {"name": "chat-app-iap"}, "spec": {"iap": {"enabled": iap}}}
+        return StackResource(kubernetes.BACKEND_CONFIG, "chat-iap", props)
+
+    wired = service({"cloud.google.com/backend-config": '{"default": "chat-app-iap"}'})
+    assert rule.validate([ingress, wired, backend_config(True)]) == []
+    ((message, _),) = rule.validate([ingress, wired, backend_config(False)])
+    assert "references no BackendConfig with spec.iap.enabled: true" in message
+    assert len(rule.validate([ingress, service({}), backend_config(True)])) == 1
 
 
 # --------------------------------------------------------------------------- Firestore
