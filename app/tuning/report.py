@@ -49,8 +49,15 @@ def render_text(report: Report) -> str:
             cells = " ".join(f"{_num(s[k]):>7}" for k in ("p50", "p90", "p99", "max"))
             out.append(f"  {name:<{width}}  {cells}")
     verdict = {0: "OK", 1: "OK with warnings", 2: "FAILED"}[report.exit_code]
-    out += ["", f"{verdict}: {report.errors:,} errors, {report.warnings:,} warnings"]
+    out += [
+        "",
+        f"{verdict}: {_count(report.errors, 'error')}, {_count(report.warnings, 'warning')}",
+    ]
     return "\n".join(out)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: int | None) -> str:

@@ -475,14 +475,19 @@ class _Pass:
         if example.findings:
             looks_like = rules.detect_format(obj)
             if looks_like not in {None, report.format}:
-                since = f"line {self.format_line}" if self.format_line else "--format"
+                if self.format_line:
+                    hint = (
+                        f"in a {report.format} dataset (format from line {self.format_line}); "
+                        "use one format per file"
+                    )
+                else:
+                    hint = f"not {report.format} as --format says; check --format"
                 example.findings.append(
                     Finding(
                         "error",
                         rules.RULE_FORMAT,
                         line,
-                        f"this line looks like a {looks_like} example in a {report.format} "
-                        f"dataset (format from {since}); use one format per file",
+                        f"this line looks like a {looks_like} example {hint}",
                     )
                 )
         self._example(line, report.format or "", example)
