@@ -52,7 +52,7 @@ MODEL_BUILD_TIMEOUT_S = 300.0
 OFFLINE_MODEL_READY_TIMEOUT_S = 300.0
 REAL_MODEL_READY_TIMEOUT_S = 3600.0
 CHAT_READY_TIMEOUT_S = 180.0
-HURRY_AFTER_S = 3.0
+HURRY_AFTER_S = 2.0
 STOP_GRACE_S = 5.0
 PROGRESS_EVERY_S = 15.0
 PORT_SEARCH_SPAN = 50
@@ -238,9 +238,10 @@ def stop_children(
     signal, so other shutdowns overlap with these.
     """
     tree = [proc for child in children for proc in process_tree(child.popen.pid)]
+    hurry_at = time.monotonic() + HURRY_AFTER_S
     _signal_all(children, tree, signal.SIGTERM)
     meanwhile()
-    _gone, alive = psutil.wait_procs(tree, timeout=HURRY_AFTER_S)
+    _gone, alive = psutil.wait_procs(tree, timeout=max(0.0, hurry_at - time.monotonic()))
     if alive:
         # A server waiting for open connections (a browser tab keeps one) stops waiting on a
         # second interrupt, as uvicorn does.
