@@ -84,11 +84,8 @@ def manifests_from_resources(resources: Iterable[Any]) -> list[dict[str, Any]]:
     """
     manifests = []
     for resource in resources:
-        if not resource.type.startswith("kubernetes:") or ":helm" in resource.type:
-            continue
-        if (
-            resource.type.startswith("kubernetes:yaml")
-            or resource.type == "pulumi:providers:kubernetes"
+        if not resource.type.startswith("kubernetes:") or resource.type.startswith(
+            ("kubernetes:helm", "kubernetes:yaml", "kubernetes:kustomize")
         ):
             continue
         api_version, kind = _api_version_and_kind(resource.type)
@@ -97,11 +94,11 @@ def manifests_from_resources(resources: Iterable[Any]) -> list[dict[str, Any]]:
         manifest["kind"] = manifest.get("kind") or kind
         metadata = dict(manifest.get("metadata") or {})
         recorded = (resource.outputs or {}).get("metadata") or {}
-        for key in ("name", "namespace"):
-            if not metadata.get(key) and recorded.get(key) and kind != "Namespace":
+        # Cluster-scoped objects have no namespace.
+        keys = ("name",) if kind == "Namespace" else ("name", "namespace")
+        for key in keys:
+            if not metadata.get(key) and recorded.get(key):
                 metadata[key] = recorded[key]
-        if kind == "Namespace" and not metadata.get("name"):
-            metadata["name"] = recorded.get("name")
         manifest["metadata"] = metadata
         if kind == "Secret":
             for key in ("data", "stringData"):
