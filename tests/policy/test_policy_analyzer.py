@@ -110,3 +110,40 @@ def test_stack_rule_follows_property_dependencies(
     assert diagnostic.policyName == "no-public-cloud-run"
     assert diagnostic.urn == grant.urn
     assert "Cloud Run 'gemma3-prebuilt', which is not marked public" in diagnostic.message
+
+
+def test_the_serving_components_pass_the_running_pack(
+    prod_pack: analyzer_pb2_grpc.AnalyzerStub, tmp_path: Path
+) -> None:
+    # Every resource of the serving components, as the engine would send them in a preview.
+    from tests.policy.test_policy_components import SNIPPET  # noqa: PLC0415
+    from tests.pulumi_harness import run_snippet  # noqa: PLC0415
+
+    run = run_snippet(SNIPPET.format(exposure="login", public=False), tmp_path)
+    resources = [
+        analyzer_pb2.AnalyzerResource(
+            type=r.type,
+            properties=_struct(r.inputs),
+            urn=r.urn,
+            name=r.name,
+            propertyDependencies={
+                key: analyzer_pb2.AnalyzerPropertyDependencies(urns=sorted(urns))
+                for key, urns in r.property_dependencies.items()
+            },
+        )
+        for r in run.resources
+    ]
+    diagnostics = list(
+        prod_pack.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=resources)).diagnostics
+    )
+    for resource in resources:
+        request = analyzer_pb2.AnalyzeRequest(
+            type=resource.type, properties=resource.properties, urn=resource.urn, name=resource.name
+        )
+        diagnostics += prod_pack.Analyze(request).diagnostics
+    mandatory = [
+        f"{d.policyName}: {d.message}" for d in diagnostics if d.enforcementLevel == MANDATORY
+    ]
+    assert mandatory == []
+    advisory = {d.policyName for d in diagnostics}
+    assert advisory <= {"k8s-workload-restricted", "gke-dedicated-node-service-account"}
