@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,6 +57,7 @@ HURRY_AFTER_S = 2.0
 STOP_GRACE_S = 5.0
 PROGRESS_EVERY_S = 15.0
 PORT_SEARCH_SPAN = 50
+HEALTH_PROBE_LINE = re.compile(r'"GET /healthz? HTTP')
 
 
 class DemoError(Exception):
@@ -199,9 +201,11 @@ class ChildProcess:
         return time.monotonic() - self.started_at
 
     def log_tail(self, lines: int = 25) -> str:
+        """The log's last lines, without the access lines of the demo's own health checks."""
         try:
             with self.log_path.open(encoding="utf-8", errors="replace") as log:
-                return "".join(deque(log, maxlen=lines)).rstrip()
+                kept = (line for line in log if not HEALTH_PROBE_LINE.search(line))
+                return "".join(deque(kept, maxlen=lines)).rstrip()
         except OSError:
             return "(no log)"
 
