@@ -25,7 +25,7 @@ def main() -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        timeout_graceful_shutdown=15,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         log_level="info",
     )
 

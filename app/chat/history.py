@@ -271,16 +271,17 @@ class ChatHistory:
                 docs = await by_owner.get(retry=None, timeout=self.request_timeout_s)
         except exceptions.GoogleAPICallError as err:
             raise HistoryUnavailableError(str(err)) from err
-        found = {
-            doc.id: SessionSummary(
+        found: dict[str, SessionSummary] = {}
+        for doc in docs:
+            data = doc.to_dict() or {}
+            if data.get("owner") != owner:
+                continue
+            found[doc.id] = SessionSummary(
                 session_id=doc.id,
-                title=str(doc.get("title") or "(untitled)"),
-                updated_at=doc.get("updated_at") or datetime.now(UTC),
-                last_backend=doc.get("last_backend"),
+                title=str(data.get("title") or "(untitled)"),
+                updated_at=data.get("updated_at") or datetime.now(UTC),
+                last_backend=data.get("last_backend"),
             )
-            for doc in docs
-            if doc.get("owner") == owner
-        }
         for item in self._pending_for(owner):
             if item.session_id not in found and item.title is not None:
                 found[item.session_id] = SessionSummary(
@@ -301,7 +302,7 @@ class ChatHistory:
                 if not pending:
                     return None
                 return [item.message for item in pending]
-            if snapshot.get("owner") != owner:
+            if (snapshot.to_dict() or {}).get("owner") != owner:
                 return None
             query = session_ref.collection(MESSAGES).order_by("seq")
             docs = await query.get(retry=None, timeout=max(60.0, self.request_timeout_s))

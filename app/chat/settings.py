@@ -84,6 +84,7 @@ class ChatSettings(BaseSettings):
     queue_size: int = Field(default=1024, ge=1)
     # Streamed tokens closer together than this share one screen update (first token: never).
     stream_update_interval_ms: int = Field(default=25, ge=0, le=1000)
+    shutdown_grace_s: float = Field(default=15.0, ge=0)
     conversation_list_size: int = Field(default=50, ge=1, le=500)
 
     @field_validator("chat_backends", mode="before")
