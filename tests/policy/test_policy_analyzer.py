@@ -15,6 +15,8 @@ from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
 from policy.rules import ALL_RULES
+from tests.policy.serving_snippet import SNIPPET
+from tests.pulumi_harness import run_snippet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANDATORY = 1  # the proto's EnforcementLevel.MANDATORY
@@ -116,9 +118,6 @@ def test_the_serving_components_pass_the_running_pack(
     prod_pack: analyzer_pb2_grpc.AnalyzerStub, tmp_path: Path
 ) -> None:
     # Every resource of the serving components, as the engine would send them in a preview.
-    from tests.policy.test_policy_components import SNIPPET  # noqa: PLC0415
-    from tests.pulumi_harness import run_snippet  # noqa: PLC0415
-
     run = run_snippet(SNIPPET.format(exposure="login", public=False), tmp_path)
     resources = [
         analyzer_pb2.AnalyzerResource(
