@@ -437,9 +437,11 @@ def test_the_chat_app_runs_restricted() -> None:
     assert "RuntimeDefault seccomp" in message
     # Other workloads get the same findings, but only as advice.
     assert only_messages(rule, DEPLOYMENT, deployment()) == []
+    assert only_messages(kubernetes.WORKLOAD_HARDENED, DEPLOYMENT, deployment()) == []
     other = deployment()
     del other["spec"]["template"]["spec"]["securityContext"]
-    assert only_messages(kubernetes.WORKLOAD_HARDENED, DEPLOYMENT, other)
+    (advice,) = only_messages(kubernetes.WORKLOAD_HARDENED, DEPLOYMENT, other)
+    assert "may run as root" in advice
 
 
 def test_a_load_balancer_needs_an_authentication_layer() -> None:
