@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -23,6 +24,10 @@ class _Server(uvicorn.Server):
         if server is not None and server.phase is not Phase.FAILED:
             server.phase = Phase.DRAINING
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and captured and captured[-1] == sig:
+            captured.pop()
 
 
 def main(argv: list[str] | None = None) -> int:

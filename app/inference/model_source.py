@@ -338,7 +338,8 @@ def gcs_error(uri: str, error: BaseException) -> ModelSourceError:
     if isinstance(error, ModelSourceError):
         return error
     if "Forbidden" in text or "403" in text or isinstance(error, PermissionError):
-        account = _current_account()
+        named = re.search(r"([\w.+-]+@[\w.-]+) does not have", text)
+        account = named.group(1) if named else _current_account()
         bucket = uri.removeprefix("gs://").split("/", 1)[0]
         return ModelSourceError(
             f"{uri}: 403 permission denied reading the bucket. Grant roles/storage.objectViewer "

@@ -49,7 +49,11 @@ def load_transformers_engine(settings: Settings) -> Engine:
     )
     try:
         return TransformersEngine(
-            model_dir, settings.model_name(), settings.max_model_len, settings.dtype
+            model_dir,
+            settings.model_name(),
+            settings.max_model_len,
+            settings.dtype,
+            settings.attention,
         )
     except (OSError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on GPU, float32 on CPU"
     )
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel; auto: sdpa on GPU, eager on CPU"
+    )
     shutdown_grace_s: float = Field(
         8.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
     )

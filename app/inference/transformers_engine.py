@@ -80,7 +80,10 @@ class _TextStreamer(BaseStreamer):
             self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True
         )
         full = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        # A trailing U+FFFD is usually a character split across tokens: wait for the rest,
+        # but only as long as a UTF-8 character can be (4 bytes), else it is really invalid.
+        incomplete = full.endswith("\ufffd") and len(self.ids) - self.read_offset < 4
+        if len(full) > len(prefix) and not incomplete:
             self.text += full[len(prefix) :]
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)
@@ -131,12 +134,19 @@ class TransformersEngine(Engine):
         model_name: str,
         max_model_len: int | None = None,
         dtype: str = "auto",
+        attention: str = "auto",
     ) -> None:
         started = time.monotonic()
         self.model_name = model_name
         self.device, self.dtype = pick_device_and_dtype(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
+        if attention == "auto":
+            # On CPU, eager attention decodes several times faster than SDPA for one sequence
+            # (measured on Gemma 3 shapes); GPUs want SDPA.
+            attention = "sdpa" if self.device.type == "cuda" else "eager"
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=self.dtype, attn_implementation=attention
+        )
         self.model.to(self.device).eval()
         config = self.model.config
         text_config = getattr(config, "text_config", None) or config

@@ -1,0 +1,148 @@
+"""Engine: chat template, stop at end of turn (and at a new turn), stop strings, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from inference_fixtures import SCRIPTED_REPLY
+
+from app.inference.engine import PromptError, SamplingParams, stream_generate
+from app.inference.routes_generate import sql_user_turn
+from app.inference.transformers_engine import TransformersEngine
+
+
+@pytest.fixture(scope="module")
+def scripted(scripted_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(scripted_model_dir, "gemma-sql")
+
+
+@pytest.fixture(scope="module")
+def random_engine(tiny_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(tiny_model_dir, "tiny-gemma")
+
+
+def _chat_ids(engine: TransformersEngine, text: str = "names of all users") -> list[int]:
+    return engine.encode(engine.render_chat([{"role": "user", "content": text}]), chat=True)
+
+
+def test_unstopped_model_runs_past_its_turn(scripted: TransformersEngine) -> None:
+    # The failure the server must prevent (BRIEF failure 8), produced by the real model.
+    ids = torch.tensor([_chat_ids(scripted)])
+    out = scripted.model.generate(
+        input_ids=ids, max_new_tokens=20, do_sample=False, eos_token_id=None
+    )
+    text = scripted.tokenizer.decode(out[0, ids.shape[1] :])
+    assert text.startswith(SCRIPTED_REPLY + "<end_of_turn><start_of_turn>user\n" + SCRIPTED_REPLY)
+
+
+def test_generation_stops_at_end_of_turn_and_returns_only_new_text(
+    scripted: TransformersEngine,
+) -> None:
+    pieces: list[str] = []
+    result = scripted.generate(
+        _chat_ids(scripted), SamplingParams(max_tokens=50, temperature=0), pieces.append
+    )
+    assert result.text == SCRIPTED_REPLY
+    assert "".join(pieces) == SCRIPTED_REPLY
+    assert len(pieces) == 5  # token by token
+    assert result.finish_reason == "stop"
+    assert result.completion_tokens == 6
+
+
+def test_a_new_start_of_turn_also_stops(
+    scripted: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vocab = scripted.tokenizer.get_vocab()
+    monkeypatch.setattr(scripted, "stop_ids", {vocab["<eos>"], vocab["<start_of_turn>"]})
+    result = scripted.generate(_chat_ids(scripted), SamplingParams(max_tokens=50, temperature=0))
+    assert result.text == SCRIPTED_REPLY
+    assert result.finish_reason == "stop"
+
+
+def test_stop_string_is_never_streamed(scripted: TransformersEngine) -> None:
+    pieces: list[str] = []
+    result = scripted.generate(
+        _chat_ids(scripted),
+        SamplingParams(max_tokens=50, temperature=0, stop=("ROM us",)),
+        pieces.append,
+    )
+    assert result.text == "SELECT name F"
+    assert "".join(pieces) == "SELECT name F"
+    assert result.finish_reason == "stop"
+
+
+def test_chat_template_is_gemmas(scripted: TransformersEngine) -> None:
+    prompt = scripted.render_chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    assert (
+        prompt == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    with pytest.raises(PromptError, match="alternate"):
+        scripted.render_chat([{"role": "assistant", "content": "x"}])
+
+
+def test_sql_prompt_matches_the_fine_tuning_turn_exactly() -> None:
+    assert sql_user_turn("How many users?", "CREATE TABLE users (id INT);") == (
+        "Given the <USER_QUERY> and the <SCHEMA>, generate the corresponding SQL command to "
+        "retrieve the desired data, considering the query's syntax, semantics, and schema "
+        "constraints.\n"
+        "\n"
+        "<SCHEMA>\n"
+        "CREATE TABLE users (id INT);\n"
+        "</SCHEMA>\n"
+        "\n"
+        "<USER_QUERY>\n"
+        "How many users?\n"
+        "</USER_QUERY>"
+    )
+
+
+def test_length_limit_and_too_long_prompt(random_engine: TransformersEngine) -> None:
+    ids = _chat_ids(random_engine)
+    result = random_engine.generate(ids, SamplingParams(max_tokens=7, temperature=0))
+    assert result.completion_tokens == 7
+    assert result.finish_reason == "length"
+    with pytest.raises(PromptError, match="longer than this model's context"):
+        random_engine.check_length(random_engine.max_model_len, 1)
+    with pytest.raises(PromptError, match="Set max_tokens to at most"):
+        random_engine.check_length(10, random_engine.max_model_len)
+
+
+def test_cancel_stops_a_long_generation(random_engine: TransformersEngine) -> None:
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_text(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            cancel.set()
+
+    result = random_engine.generate(
+        _chat_ids(random_engine), SamplingParams(max_tokens=2000, temperature=0), on_text, cancel
+    )
+    assert result.completion_tokens < 10
+
+
+async def test_stream_generate_leaving_early_frees_the_worker(
+    random_engine: TransformersEngine,
+) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    events = stream_generate(
+        random_engine,
+        _chat_ids(random_engine),
+        SamplingParams(max_tokens=4000, temperature=0),
+        executor,
+    )
+    async for _ in events:
+        break
+    await events.aclose()
+    # The only worker must be free again soon, not busy with 4000 tokens.
+    done = asyncio.get_running_loop().run_in_executor(executor, lambda: "free")
+    assert await asyncio.wait_for(done, timeout=5) == "free"
+    executor.shutdown()
