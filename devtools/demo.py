@@ -43,7 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
 OFFLINE_MODEL_NAME = "offline-demo-gemma3"
-OFFLINE_MODEL_LABEL = "Offline demo model (random weights: replies are gibberish)"
+# Short enough to show whole in the model picker.
+OFFLINE_MODEL_LABEL = "Offline demo model (random weights)"
 # The firestore client needs a project id; a `demo-` project never reaches a real Google project.
 OFFLINE_PROJECT = "demo-gemma-stack"
 

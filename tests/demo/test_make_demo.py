@@ -21,7 +21,7 @@ from gradio_client import Client
 REPO_ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = re.compile(r"Open (http://127\.0\.0\.1:(\d+)) in your browser")
 URL_TIMEOUT_S = 150
-OFFLINE_LABEL = "Offline demo model (random weights: replies are gibberish)"
+OFFLINE_LABEL = "Offline demo model (random weights)"
 
 
 def _free_port() -> int:
