@@ -9,7 +9,7 @@ Settings (flag, else environment variable, else default):
   --port             DEMO_CHAT_PORT         7860
   --inference-port   DEMO_INFERENCE_PORT    8080
   --firestore-port   DEMO_FIRESTORE_PORT    8081
-  --home             DEMO_HOME              .demo (cached model, Firestore data, logs)
+  --home             DEMO_HOME              .demo (the built model, downloads, logs)
 A busy port is replaced by the next free one, and the demo says so.
 """
 
@@ -94,16 +94,21 @@ class DemoSettings:
         return self.home / "models" / "tiny-gemma3"
 
 
+def _port_number(raw: str) -> int:
+    if not raw.strip().isdigit() or not 0 < int(raw) < 65536:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
 def parse_args(
     argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
 ) -> DemoSettings:
     def port_default(name: str, default: int) -> int:
         raw = env.get(name, "").strip()
-        if not raw:
-            return default
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            raise DemoError(f"{name}={raw!r} is not a port number (1-65535)")
-        return int(raw)
+        try:
+            return _port_number(raw) if raw else default
+        except argparse.ArgumentTypeError as err:
+            raise DemoError(f"{name}={err}") from err
 
     parser = argparse.ArgumentParser(
         prog="python -m devtools.demo",
@@ -115,12 +120,12 @@ def parse_args(
         help="gs://bucket/path, a local model folder, or a Hugging Face id "
         "(default: an offline demo model with random weights)",
     )
-    parser.add_argument("--port", type=int, default=port_default("DEMO_CHAT_PORT", 7860))
+    parser.add_argument("--port", type=_port_number, default=port_default("DEMO_CHAT_PORT", 7860))
     parser.add_argument(
-        "--inference-port", type=int, default=port_default("DEMO_INFERENCE_PORT", 8080)
+        "--inference-port", type=_port_number, default=port_default("DEMO_INFERENCE_PORT", 8080)
     )
     parser.add_argument(
-        "--firestore-port", type=int, default=port_default("DEMO_FIRESTORE_PORT", 8081)
+        "--firestore-port", type=_port_number, default=port_default("DEMO_FIRESTORE_PORT", 8081)
     )
     parser.add_argument("--home", type=Path, default=Path(env.get("DEMO_HOME") or ".demo"))
     args = parser.parse_args(argv)

@@ -45,9 +45,12 @@ def test_settings_come_from_flags_then_environment_then_defaults(tmp_path: Path)
     assert defaults.home == demo.REPO_ROOT / ".demo"
 
 
-def test_a_bad_port_setting_is_named() -> None:
+def test_a_bad_port_setting_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(DemoError, match="DEMO_INFERENCE_PORT='http' is not a port"):
         demo.parse_args([], env={"DEMO_INFERENCE_PORT": "http"})
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--port", "99999"], env={})
+    assert "argument --port: '99999' is not a port number" in capsys.readouterr().err
 
 
 def test_a_busy_port_moves_to_the_next_free_one(capsys: pytest.CaptureFixture[str]) -> None:
