@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -11,7 +10,13 @@ import pytest
 from components.registry import source_hash
 from stacks.config import ConfigError, parse_stack_config
 from stacks.platform import check_build_folders
-from tests.pulumi_harness import ProgramRun, run_program, run_snippet, run_snippet_error
+from tests.pulumi_harness import (
+    REPO_ROOT,
+    ProgramRun,
+    run_program,
+    run_snippet,
+    run_snippet_error,
+)
 
 BUILD_SA = "gemma-stack-build@my-gcp-project.iam.gserviceaccount.com"
 BUILD_MEMBER = f"serviceAccount:{BUILD_SA}"
@@ -62,7 +67,7 @@ def test_staging_bucket_is_private(dev: ProgramRun) -> None:
 
 def test_chat_image_is_built_on_cloud_build_as_the_build_account(dev: ProgramRun) -> None:
     args = _build_args(dev, "chat-image")
-    tag = source_hash(Path("app/chat"))
+    tag = source_hash(REPO_ROOT / "app/chat")
     image = f"us-central1-docker.pkg.dev/my-gcp-project/gemma-stack/chat:{tag}"
     assert args[:4] == ["gcloud", "builds", "submit", "app/chat"]
     assert f"--substitutions=_IMAGE={image}" in args
@@ -83,7 +88,7 @@ def test_build_waits_for_every_grant_of_the_build_account(dev: ProgramRun) -> No
 
 
 def test_build_config_logs_to_cloud_logging_only() -> None:
-    config = Path("components/cloudbuild.yaml").read_text()
+    config = (REPO_ROOT / "components/cloudbuild.yaml").read_text()
     assert "logging: CLOUD_LOGGING_ONLY" in config
     assert "${_IMAGE}" in config
 
@@ -107,7 +112,7 @@ def test_inference_image_is_built_only_for_an_enabled_finetuned_service() -> Non
     args = _build_args(run, "inference-image")
     assert args[3] == "app/inference"
     assert run.outputs["inferenceImage"].endswith(
-        f"/inference:{source_hash(Path('app/inference'))}"
+        f"/inference:{source_hash(REPO_ROOT / 'app/inference')}"
     )
     skipped = run_program(
         overrides={
@@ -169,4 +174,3 @@ def test_missing_dockerfile_is_refused_before_any_resource(tmp_path: Path) -> No
     (tmp_path / "app" / "chat").mkdir(parents=True)
     (tmp_path / "app" / "chat" / "Dockerfile").write_text("FROM scratch\n")
     check_build_folders(config, root=tmp_path)
-    json.dumps(config.images.__dict__)  # plain data, printable in a preview
