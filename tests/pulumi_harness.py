@@ -5,7 +5,7 @@ Usage from any test::
     from tests.pulumi_harness import run_program, dev_config
 
     run = run_program()                                  # Pulumi.dev.yaml + a fake hfToken
-    run = run_program(overrides={"gemma-stack:gkeGemma": {"enabled": False}})
+    run = run_program(overrides={"gemma-stack:gkeGemmaEnabled": False})  # None removes a key
     cluster = run.one("gcp:container/cluster:Cluster")
     assert cluster.inputs["enableAutopilot"] is True
     exc, registered = run_program_error(overrides={...})  # a config that must fail
