@@ -29,7 +29,7 @@ LONG_HISTORY = 400
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 CSS = """
 #chat-title h1 { margin: 0; font-size: 1.4rem; }
-#conversation-list label { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+#chat-title p { margin: 0.2rem 0 0; color: var(--body-text-color-subdued); }
 """
 
 
@@ -91,6 +91,10 @@ class ChatUI:
     async def _owner(self, request: gr.Request | None, browser_id: str | None) -> str:
         headers: Mapping[str, str] = dict(request.headers) if request is not None else {}
         username = getattr(request, "username", None) if request is not None else None
+        if self.settings.auth_mode == "none" and not browser_id and request is not None:
+            # A message sent before the page finished loading has no browser id yet; the
+            # conversation then belongs to this page view (it cannot be restored after reload).
+            return f"page:{request.session_hash}"
         return await self.owners.owner(headers, username, browser_id)
 
     def _alternative(self, failed_id: str) -> str | None:
@@ -308,7 +312,11 @@ class ChatUI:
                     elem_id="conversation-list",
                 )
                 who = gr.Markdown()
-            gr.Markdown("# Gemma Stack Chat", elem_id="chat-title")
+            gr.Markdown(
+                "# Gemma Stack Chat\nSelf-hosted Gemma and Gemini side by side; "
+                "every conversation is kept.",
+                elem_id="chat-title",
+            )
             with gr.Row():
                 backend = gr.Dropdown(
                     choices=self.labels, value=self.labels[0], label="Model", scale=2
