@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -243,3 +245,37 @@ time.sleep(600)
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
     assert still_running == []
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_each_stop_signal_stops_the_servers_and_exits_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    # The real run() loop and signal handlers, with one cheap server in place of the three.
+    script = f"""
+import sys, pathlib
+from devtools import demo
+class OneServer(demo.Demo):
+    def _start_everything(self):
+        self._start("server", [sys.executable, "-c", "import time; time.sleep(600)"], {{}}, "s.log")
+        demo.say("ready")
+settings = demo.DemoSettings(pathlib.Path({str(tmp_path)!r}), 1, 2, 3, None)
+sys.exit(OneServer(settings).run())
+"""
+    runner = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=demo.REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert runner.stdout is not None
+    assert "ready" in runner.stdout.readline() + runner.stdout.readline()
+    server = psutil.Process(runner.pid).children()[0]
+
+    runner.send_signal(stop_signal)
+    output = runner.communicate(timeout=30)[0]
+
+    assert runner.returncode == 0, output
+    assert "stopped; no process left running" in output
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
