@@ -216,7 +216,12 @@ def _parts_reader(line: int) -> Callable[[dict[str, Any], str, list[Finding]], s
     def read(turn: dict[str, Any], where: str, found: list[Finding]) -> str | None:
         parts = turn.get("parts")
         if not isinstance(parts, list) or not parts:
-            kind = "missing" if parts is None else json_type(parts)
+            if parts is None:
+                kind = "nothing"
+            elif parts == []:
+                kind = "an empty array"
+            else:
+                kind = json_type(parts)
             found.append(
                 Finding(
                     "error",
