@@ -49,6 +49,11 @@ class FirestoreEmulator:
         return f"{self.host}:{self.port}"
 
     @property
+    def process_group(self) -> int | None:
+        """The id of the process group holding gcloud and its Java server, while running."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

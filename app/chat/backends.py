@@ -155,7 +155,6 @@ class OpenAIBackend:
     async def stream(
         self, turns: Sequence[Turn], system_prompt: str, sampling: Sampling
     ) -> AsyncIterator[str]:
-        import httpx2  # noqa: PLC0415 - the transport of openai>=3; mid-stream drops surface as its errors
         import openai  # noqa: PLC0415
 
         started = False
@@ -183,7 +182,7 @@ class OpenAIBackend:
                 partial=started,
                 transient=err.status_code in TRANSIENT_STATUSES,
             ) from err
-        except (openai.APIError, httpx2.HTTPError, httpx.HTTPError, OSError) as err:
+        except (openai.APIError, *_transport_errors()) as err:
             raise BackendError(self._broken(err, started), partial=started, transient=True) from err
         except Exception as err:  # google-auth failures and anything unforeseen
             raise BackendError(
@@ -221,6 +220,9 @@ class GeminiBackend:
         from google.genai import types  # noqa: PLC0415
 
         timeout_ms = int(self.config.timeout_s * 1000)
+        # Without explicit retry options the SDK sleeps 1-10 s and retries a refused
+        # connection; a backend that is down should be reported at once.
+        no_retry = types.HttpRetryOptions(attempts=1)
         if self.config.vertex:
             try:
                 credentials, found_project = google.auth.default(
@@ -244,7 +246,7 @@ class GeminiBackend:
                 project=project,
                 location=self.config.location or "global",
                 credentials=credentials,
-                http_options=types.HttpOptions(timeout=timeout_ms),
+                http_options=types.HttpOptions(timeout=timeout_ms, retry_options=no_retry),
             )
         else:
             api_key = os.environ.get(self.config.api_key_env or "", "")
@@ -258,7 +260,10 @@ class GeminiBackend:
                 # Servers that speak the Gemini API (Google's Cloud Run Gemma image, our
                 # inference app) serve it under v1beta, which newer SDKs no longer default to.
                 http_options=types.HttpOptions(
-                    base_url=self.config.base_url, api_version="v1beta", timeout=timeout_ms
+                    base_url=self.config.base_url,
+                    api_version="v1beta",
+                    timeout=timeout_ms,
+                    retry_options=no_retry,
                 ),
             )
         return self._client
@@ -285,6 +290,9 @@ class GeminiBackend:
                 top_p=sampling.top_p,
                 max_output_tokens=sampling.max_tokens,
                 http_options=types.HttpOptions(headers=headers) if headers else None,
+                # The SDK would silently reconnect and replay a dropped or refused stream;
+                # the user should hear about it at once instead.
+                automatic_continuation=False,
             )
             stream = await client.aio.models.generate_content_stream(
                 model=self.config.model, contents=contents, config=config
@@ -317,6 +325,19 @@ class GeminiBackend:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aio.aclose()
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    # openai>=3 streams over httpx2, a fork whose errors are not httpx's; a mid-stream drop
+    # surfaces as one of them rather than as an openai.APIError.
+    errors: list[type[Exception]] = [httpx.HTTPError, OSError]
+    try:
+        import httpx2  # noqa: PLC0415
+
+        errors.append(httpx2.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _aiohttp_errors() -> tuple[type[Exception], ...]:

@@ -21,7 +21,15 @@ if str(ROOT) not in sys.path:
 
 from devtools.firestore_emulator import FirestoreEmulator, free_port  # noqa: E402
 from tests.chat.misbehaving_backend import MisbehavingBackend  # noqa: E402
-from tests.chat.stack import DATABASE, REPLY, USERS, ServerProcess, Stack, start_process  # noqa: E402
+from tests.chat.stack import (  # noqa: E402
+    DATABASE,
+    REPLY,
+    USERS,
+    ServerProcess,
+    Stack,
+    image_layout,
+    start_process,
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     no_credentials = work / "gcloud-config"
     no_credentials.mkdir()
+    srv = image_layout(work)
     for mode, port in result.chat_ports.items():
         env = {
             **firestore.env(),
@@ -71,6 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             log_dir=work,
             port=port,
             health="/healthz",
+            root=srv,
         )
     previous = {k: os.environ.get(k) for k in firestore.env()}
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,15 +79,22 @@ class ServerProcess:
 
 
 def start_process(
-    name: str, args: list[str], env: dict[str, str], *, log_dir: Path, port: int, health: str
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    *,
+    log_dir: Path,
+    port: int,
+    health: str,
+    root: Path = ROOT,
 ) -> ServerProcess:
     log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    full_env = {**os.environ, "PYTHONPATH": str(root), **env}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             args,
             env=full_env,
-            cwd=ROOT,
+            cwd=root,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -161,6 +169,21 @@ class Stack:
 
 def _backend(backend_id: str, label: str, kind: str, model: str, base_url: str) -> dict[str, Any]:
     return {"id": backend_id, "label": label, "kind": kind, "model": model, "base_url": base_url}
+
+
+def image_layout(target: Path) -> Path:
+    """Lay out app/chat as its Dockerfile does (/srv/app/chat, /srv/app/__init__.py).
+
+    Running from here proves the app needs nothing outside its own build context.
+    """
+    srv = target / "srv"
+    shutil.copytree(
+        ROOT / "app" / "chat",
+        srv / "app" / "chat",
+        ignore=shutil.ignore_patterns("__pycache__", "Dockerfile", ".dockerignore"),
+    )
+    (srv / "app" / "__init__.py").touch()
+    return srv
 
 
 def firestore_client() -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 import urllib.error
@@ -258,7 +259,11 @@ def test_a_firestore_outage_loses_nothing(stack: Stack, chat_app: ServerProcess)
     browser = f"browser-{secrets.token_hex(4)}"
     client = connect(chat_app)
     client.predict(browser, api_name="/conversations")
+    group = stack.firestore.process_group
+    assert group is not None
     stack.firestore.stop()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)  # gcloud and its JVM are both gone
     try:
         _, final = send(client, "written while Firestore is down", GEMMA, browser)
         assert text_of(final[-1]) == REPLY  # the chat keeps working
