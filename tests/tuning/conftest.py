@@ -1,10 +1,6 @@
-"""Shared helpers for the tuning-dataset tests: BRIEF's example shapes and JSONL writers."""
+"""Fixtures for the tuning-dataset tests: valid text and chat datasets in BRIEF's shapes."""
 
-# ruff: noqa: S608 - the SQL strings are training answers, never run
-
-import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -13,40 +9,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-
-def text_example(i: int) -> dict[str, str]:
-    """BRIEF's text format, with the `question:`/`context:` markers production prompts use."""
-    return {
-        "input_text": f"question: how many orders did customer {i} place?\ncontext: table orders",
-        "output_text": f"SELECT COUNT(*) FROM orders WHERE customer_id = {i};",
-    }
-
-
-def chat_example(i: int) -> dict[str, object]:
-    """BRIEF's chat format: optional context and alternating user/assistant messages."""
-    return {
-        "context": "You are a SQL assistant for the sales database.",
-        "messages": [
-            {"author": "user", "content": f"How many orders did customer {i} place?"},
-            {"author": "assistant", "content": f"SELECT COUNT(*) FROM orders WHERE id = {i};"},
-            {"author": "user", "content": "And their total spend?"},
-            {"author": "assistant", "content": f"SELECT SUM(total) FROM orders WHERE id = {i};"},
-        ],
-    }
-
-
-def write_lines(path: Path, lines: Iterable[object]) -> Path:
-    """Writes one line per item: dicts and lists as JSON, str and bytes as they are."""
-    with path.open("wb") as out:
-        for item in lines:
-            if isinstance(item, bytes):
-                out.write(item)
-            elif isinstance(item, str):
-                out.write(item.encode())
-            else:
-                out.write(json.dumps(item).encode())
-            out.write(b"\n")
-    return path
+from tuning_samples import chat_example, text_example  # noqa: E402
 
 
 @pytest.fixture

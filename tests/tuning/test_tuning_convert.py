@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import chat_example, text_example, write_lines
+from tuning_samples import chat_example, text_example, write_lines
 
 from app.tuning.convert import convert_file
 from app.tuning.validate import UnreadableDatasetError, validate_file

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import chat_example, write_lines
 from gcp_storage_emulator.server import create_server
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
+from tuning_samples import chat_example, write_lines
 
 from app.inference.model_source import gcs_filesystem
 from app.inference.tiny_model import build_tiny_gemma3

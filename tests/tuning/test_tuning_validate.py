@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import chat_example, text_example, write_lines
+from tuning_samples import chat_example, text_example, write_lines
 
 from app.tuning.report import render_text
 from app.tuning.validate import Report, validate_file
