@@ -12,7 +12,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/ and print their tables"
 
 # One environment for development and tests; `pulumi up` installs only requirements.txt.
-$(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt app/tuning/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
