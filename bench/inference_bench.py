@@ -178,10 +178,78 @@ def cold_start(
     return {"download_single_s": single, "download_parallel_s": parallel, "cold_start_s": cold}
 
 
+def measure_overhead(
+    model_dir: Path, label: str, rounds: int, tokens: int, rows: list[tuple[str, str, str]]
+) -> dict[str, float]:
+    """Same prompts and settings in-process and through HTTP streaming, in alternating pairs."""
+    process, url, _ = start_server({"MODEL_URI": str(model_dir), "MAX_CONCURRENCY": "1"})
+    try:
+        engine = TransformersEngine(model_dir, "bench")
+        direct(engine, "warm up", 2)
+        http_stream(url, model_dir.name, "warm up", 2)
+        http_runs: list[Run] = []
+        direct_runs: list[Run] = []
+        for round_index in range(rounds):
+            for prompt in PROMPTS:
+                # Alternate the order so drift on a shared machine hits both sides.
+                if round_index % 2 == 0:
+                    direct_runs.append(direct(engine, prompt, tokens))
+                    http_runs.append(http_stream(url, model_dir.name, prompt, tokens))
+                else:
+                    http_runs.append(http_stream(url, model_dir.name, prompt, tokens))
+                    direct_runs.append(direct(engine, prompt, tokens))
+    finally:
+        stop(process)
+    pairs = list(zip(http_runs, direct_runs, strict=True))
+    # Medians of paired runs: on a shared machine a few slow runs would swamp sums.
+    ratios = [h.tokens_per_s / d.tokens_per_s for h, d in pairs]
+    ttft_deltas = [(h.ttft_s - d.ttft_s) * 1000 for h, d in pairs]
+    direct_tps = statistics.median(r.tokens_per_s for r in direct_runs)
+    http_tps = statistics.median(r.tokens_per_s for r in http_runs)
+    ratio = statistics.median(ratios)
+    ttft_overhead_ms = statistics.median(ttft_deltas)
+    note = f"{len(pairs)} pairs x {tokens} tokens"
+    rows += [
+        (
+            f"{label}: output tokens/s direct / HTTP (medians)",
+            f"{direct_tps:.1f} / {http_tps:.1f}",
+            note,
+        ),
+        (
+            f"{label}: HTTP / direct throughput (median of pairs)",
+            f"{ratio:.3f}x",
+            f">= 0.95x; pairs {min(ratios):.2f}-{max(ratios):.2f}x",
+        ),
+        (
+            f"{label}: TTFT overhead (median of pairs)",
+            f"{ttft_overhead_ms:+.1f} ms",
+            f"<= 10 ms; pairs {min(ttft_deltas):+.0f} to {max(ttft_deltas):+.0f} ms",
+        ),
+        (
+            f"{label}: TTFT direct / HTTP (medians)",
+            f"{statistics.median(r.ttft_s for r in direct_runs) * 1000:.1f} / "
+            f"{statistics.median(r.ttft_s for r in http_runs) * 1000:.1f} ms",
+            "",
+        ),
+    ]
+    return {
+        "direct_tokens_per_s": direct_tps,
+        "http_tokens_per_s": http_tps,
+        "throughput_ratio": ratio,
+        "ttft_overhead_ms": ttft_overhead_ms,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16, help="output tokens per request")
     parser.add_argument("--rounds", type=int, default=4, help="passes over the prompts")
+    parser.add_argument(
+        "--tiny-rounds",
+        type=int,
+        default=12,
+        help="passes with the tiny shape, where per-token server overhead shows most (0: skip)",
+    )
     parser.add_argument("--skip-cold-start", action="store_true")
     args = parser.parse_args(argv)
     os.environ.update(CLIENT_ENV)
@@ -197,67 +265,21 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_cold_start:
             results.update(cold_start(gcs, uri, size_mb, rows))
 
-        print("measuring streaming overhead ...", flush=True)
-        process, url, _ = start_server({"MODEL_URI": str(model_dir), "MAX_CONCURRENCY": "1"})
-        try:
-            engine = TransformersEngine(model_dir, "bench")
-            direct(engine, "warm up", 2)
-            http_runs: list[Run] = []
-            direct_runs: list[Run] = []
-            for round_index in range(args.rounds):
-                for prompt in PROMPTS:
-                    # Alternate the order so drift on a shared machine hits both sides.
-                    if round_index % 2 == 0:
-                        direct_runs.append(direct(engine, prompt, args.tokens))
-                        http_runs.append(http_stream(url, model_dir.name, prompt, args.tokens))
-                    else:
-                        http_runs.append(http_stream(url, model_dir.name, prompt, args.tokens))
-                        direct_runs.append(direct(engine, prompt, args.tokens))
-        finally:
-            stop(process)
-
-    # Medians of per-request figures: on a shared machine a few slow runs would swamp sums.
-    direct_tps = statistics.median(r.tokens_per_s for r in direct_runs)
-    http_tps = statistics.median(r.tokens_per_s for r in http_runs)
-    ratios = [h.tokens_per_s / d.tokens_per_s for h, d in zip(http_runs, direct_runs, strict=True)]
-    ttft_deltas = [
-        (h.ttft_s - d.ttft_s) * 1000 for h, d in zip(http_runs, direct_runs, strict=True)
-    ]
-    ttft_overhead_ms = statistics.median(ttft_deltas)
-    rows += [
-        (
-            "output tokens/s, direct in-process (median)",
-            f"{direct_tps:.2f}",
-            f"{len(direct_runs)} runs",
-        ),
-        ("output tokens/s, HTTP streaming (median)", f"{http_tps:.2f}", f"{len(http_runs)} runs"),
-        (
-            "HTTP / direct throughput, median of pairs",
-            f"{statistics.median(ratios):.3f}x",
-            f">= 0.95x (pairs ranged {min(ratios):.2f}-{max(ratios):.2f}x)",
-        ),
-        (
-            "TTFT overhead, median of pairs",
-            f"{ttft_overhead_ms:+.1f} ms",
-            f"<= 10 ms (pairs ranged {min(ttft_deltas):+.0f} to {max(ttft_deltas):+.0f} ms)",
-        ),
-        (
-            "TTFT direct / HTTP, median",
-            f"{statistics.median(r.ttft_s for r in direct_runs) * 1000:.0f} / "
-            f"{statistics.median(r.ttft_s for r in http_runs) * 1000:.0f} ms",
-            "",
-        ),
-    ]
-    results.update(
-        direct_tokens_per_s=direct_tps,
-        http_tokens_per_s=http_tps,
-        ttft_overhead_ms=ttft_overhead_ms,
-        tokens_per_request=args.tokens,
-    )
+        print("measuring streaming overhead (270M shape) ...", flush=True)
+        results["overhead_270m"] = measure_overhead(
+            model_dir, "270M", args.rounds, args.tokens, rows
+        )
+    if args.tiny_rounds:
+        print("measuring streaming overhead (tiny shape) ...", flush=True)
+        with tempfile.TemporaryDirectory() as tiny:
+            tiny_dir = build_tiny_gemma3(Path(tiny) / "tiny-gemma")
+            results["overhead_tiny"] = measure_overhead(
+                tiny_dir, "tiny", args.tiny_rounds, 32, rows
+            )
     print()
     print(
-        f"Gemma 3 270M shape (random weights, {size_mb:.0f} MB bf16 on disk, float32 on CPU), "
-        f"{args.tokens} output tokens per request, greedy; {platform.processor() or 'CPU'}, "
+        f"Gemma 3 270M shape (random weights, {size_mb:.0f} MB bf16 on disk, float32 on CPU) "
+        f"and the tiny test shape, greedy; {platform.processor() or 'CPU'}, "
         f"{os.cpu_count()} cores"
     )
     print(table(rows))
