@@ -204,6 +204,7 @@ class Row:
     sessions: int
     direct: list[StreamTiming]
     chat: list[StreamTiming]
+    errors: int = 0
 
     def cells(self) -> list[str]:
         tokens = round(statistics.median(t.pieces for t in self.direct))
@@ -225,6 +226,7 @@ class Row:
             f"{statistics.median(t.tokens_per_s(t.pieces) for t in self.direct):.0f}",
             # Same prompt, same deterministic reply: the direct stream's token count applies.
             f"{statistics.median(t.tokens_per_s(tokens) for t in self.chat):.0f}",
+            str(self.errors),
         ]
 
 
@@ -237,6 +239,7 @@ HEADER = [
     "added p95 ms",
     "direct tok/s",
     "chat app tok/s",
+    "failed",
 ]
 
 
@@ -273,31 +276,43 @@ async def measure(
         for level in levels:
             direct: list[StreamTiming] = []
             chat: list[StreamTiming] = []
+            errors = 0
             for _ in range(rounds):
                 # Direct and through-the-app runs alternate so both see the same machine load.
-                direct += await asyncio.gather(
+                results = await asyncio.gather(
                     *(
                         direct_stream(direct_http, backend_url, model, message, max_tokens)
                         for _ in range(level)
-                    )
+                    ),
+                    return_exceptions=True,
                 )
+                direct += [r for r in results if isinstance(r, StreamTiming)]
+                errors += sum(1 for r in results if not isinstance(r, StreamTiming))
                 sessions = [
                     ChatAppSession(chat_http, config, f"bench-{level}-{i}") for i in range(level)
                 ]
-                chat += await asyncio.gather(
-                    *(s.send(message, backend_label, max_tokens) for s in sessions)
+                results = await asyncio.gather(
+                    *(s.send(message, backend_label, max_tokens) for s in sessions),
+                    return_exceptions=True,
                 )
-            rows.append(Row(level, direct, chat))
+                chat += [r for r in results if isinstance(r, StreamTiming)]
+                errors += sum(1 for r in results if not isinstance(r, StreamTiming))
+            rows.append(Row(level, direct, chat, errors))
             print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
 
 @contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+def _process(
+    args: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None
+) -> Iterator[None]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
         )
+    if cpus:
+        # Before the server starts its worker threads, which inherit the affinity.
+        os.sched_setaffinity(process.pid, cpus)
     try:
         yield
     finally:
@@ -309,7 +324,9 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
 
 
 @contextmanager
-def local_stack(inference_concurrency: int) -> Iterator[tuple[str, str, str, str]]:
+def local_stack(
+    inference_concurrency: int, pin: bool = False
+) -> Iterator[tuple[str, str, str, str]]:
     """Emulator + inference app (tiny Gemma 3) + chat app on free ports; yields their URLs."""
     sys.path.insert(0, str(ROOT))
     from app.inference.tiny_model import build_tiny_gemma3  # noqa: PLC0415
@@ -349,7 +366,12 @@ def local_stack(inference_concurrency: int) -> Iterator[tuple[str, str, str, str
             "SYSTEM_PROMPT": "",
         }
         stack.enter_context(
-            _process([sys.executable, "-m", "app.chat"], chat_env, work / "chat.log")
+            _process(
+                [sys.executable, "-m", "app.chat"],
+                chat_env,
+                work / "chat.log",
+                {1} if pin else None,
+            )
         )
         for url in (f"{inference_url}/health", f"http://127.0.0.1:{chat_port}/healthz"):
             _wait_any(url, 180.0)
@@ -374,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="repeats per level")
     parser.add_argument("--inference-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the inference app to CPU 0 and the chat app to CPU 1 (local stack only)",
+    )
     parser.add_argument("--chat-url", help="a running chat app (default: start one locally)")
     parser.add_argument("--backend-url", help="the backend's OpenAI base URL, ending in /v1")
     parser.add_argument("--model", default="tiny")
@@ -397,9 +424,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.chat_url and args.backend_url:
         rows = run(args.chat_url, args.backend_url, args.model, args.backend_label)
     else:
-        with local_stack(args.inference_concurrency) as urls:
+        with local_stack(args.inference_concurrency, args.pin) as urls:
             rows = run(*urls)
-    print(f"chat app vs direct backend, {args.max_tokens} max tokens, {os.cpu_count()} CPUs")
+    pinned = ", inference app on CPU 0, chat app on CPU 1" if args.pin else ""
+    print(
+        f"chat app vs direct backend, {args.max_tokens} max tokens, {os.cpu_count()} CPUs{pinned}"
+    )
     print(markdown_table(rows))
     worst = max(
         percentile([t.ttft_s for t in r.chat], 95) - percentile([t.ttft_s for t in r.direct], 95)

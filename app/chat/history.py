@@ -282,13 +282,20 @@ class ChatHistory:
                 updated_at=data.get("updated_at") or datetime.now(UTC),
                 last_backend=data.get("last_backend"),
             )
-        for item in self._pending_for(owner):
-            if item.session_id not in found and item.title is not None:
-                found[item.session_id] = SessionSummary(
-                    item.session_id, item.title, item.message.created_at, item.message.backend_id
-                )
+        for summary in self.unsaved_sessions(owner):
+            found.setdefault(summary.session_id, summary)
         ordered = sorted(found.values(), key=lambda s: s.updated_at, reverse=True)
         return ordered[:limit]
+
+    def unsaved_sessions(self, owner: str) -> list[SessionSummary]:
+        """Conversations started while Firestore was unreachable, still waiting to be written."""
+        return [
+            SessionSummary(
+                item.session_id, item.title, item.message.created_at, item.message.backend_id
+            )
+            for item in self._pending_for(owner)
+            if item.title is not None
+        ]
 
     async def load(self, owner: str, session_id: str) -> list[StoredMessage] | None:
         """All messages of one conversation in order, or None if the owner has no such one."""

@@ -126,10 +126,11 @@ class ChatUI:
         try:
             sessions = await self.history.list_sessions(owner, self.settings.conversation_list_size)
         except HistoryUnavailableError:
+            unsaved = conversation_choices(self.history.unsaved_sessions(owner))
             return (
                 browser_id or "",
-                gr.update(choices=[]),
-                [],
+                gr.update(choices=unsaved, value=None),
+                unsaved,
                 f"{badge} ⚠️ History is unreachable right now; new messages are kept and "
                 "saved when it returns.",
             )
