@@ -18,9 +18,8 @@ class _Server(uvicorn.Server):
     """Uvicorn server that also flips the app to draining when SIGTERM arrives."""
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        server_state = getattr(getattr(self.config.loaded_app, "app", None), "state", None)
-        app_state = getattr(self, "app_state", None) or server_state
-        server = getattr(app_state, "server", None) if app_state is not None else None
+        app_state = getattr(self, "app_state", None)
+        server = getattr(app_state, "server", None)
         if server is not None and server.phase is not Phase.FAILED:
             server.phase = Phase.DRAINING
         super().handle_exit(sig, frame)  # type: ignore[arg-type]

@@ -133,4 +133,4 @@ async def stream_generate(
     finally:
         cancel.set()
         # Keep the worker's exception (if any) from being logged as "never retrieved".
-        future.add_done_callback(lambda f: f.exception())
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -7,7 +7,7 @@ import enum
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
@@ -96,7 +96,6 @@ class ServerState:
     engine: Engine | None = None
     error: str | None = None
     created: int = 0
-    background: set[object] = field(default_factory=set)
 
     def ready_engine(self) -> Engine:
         if self.phase is Phase.DRAINING:
