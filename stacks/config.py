@@ -15,13 +15,14 @@ from typing import Any, Literal, cast
 
 import pulumi
 
+from components.gemma_on_gke import VLLM_IMAGE
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS, L4_MIN_CPU, L4_MIN_MEMORY_GIB
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
 
 NAMESPACE = "gemma-stack"  # Pulumi config namespace: keys read as `gemma-stack:<key>`.
 
 # Pinned on purpose: a vLLM upgrade changes flags and memory use, so it is a deliberate edit.
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.9.0"
+DEFAULT_VLLM_IMAGE = VLLM_IMAGE
 PREBUILT_GEMMA_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
 PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
 RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
@@ -143,6 +144,7 @@ class ChatAppConfig:
     gemini_location: str = "global"
     system_prompt: str | None = None
     allowed_users: tuple[str, ...] = ()  # IAM members let through IAP (exposure=iap)
+    domain: str | None = None  # DNS name for the IAP Ingress certificate (exposure=iap)
     namespace: str = "gemma-stack"
     ksa_name: str = "chat-app"
 
@@ -639,12 +641,19 @@ def parse_stack_config(
         gemini_location=r.text("geminiLocation", ChatAppConfig.gemini_location),
         system_prompt=r.optional_text("chatSystemPrompt"),
         allowed_users=r.string_list("chatAllowedUsers"),
+        domain=r.optional_text("chatDomain"),
         namespace=namespace,
     )
     if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.allowed_users:
         r.problems.append(
             "chatExposure=iap needs chatAllowedUsers, the IAM members IAP lets in "
             '(pulumi config set --path "chatAllowedUsers[0]" user:you@example.com).'
+        )
+    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.domain:
+        r.problems.append(
+            "chatExposure=iap needs chatDomain, the DNS name you will point at the load "
+            "balancer (IAP needs HTTPS and a managed certificate): "
+            "pulumi config set chatDomain chat.example.com."
         )
     if chat_app.enabled and chat_app.exposure == "login" and chat_login_password is None:
         r.problems.append(
@@ -731,6 +740,7 @@ STACK_KEYS: tuple[str, ...] = (
     "chatAppEnabled",
     "chatExposure",
     "chatAllowedUsers",
+    "chatDomain",
     "chatSystemPrompt",
     "geminiModel",
     "geminiLocation",

@@ -4,21 +4,232 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
+
+from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
+from components.cloud_run_gpu_service import (
+    CloudRunGpuService,
+    CloudRunGpuServiceArgs,
+    ServiceSettings,
+    finetuned_gemma,
+    invokers_from,
+    prebuilt_gemma,
+    vllm_gemma,
+)
+from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
+from components.identity import WorkloadIdentity, WorkloadIdentityArgs
+from stacks.config import CloudRunServiceConfig
 from stacks.platform import Platform
+
+GEMMA_KSA = "gemma"
+CHAT_LOGIN_USER = "chat"
 
 
 def deploy_serving(platform: Platform) -> dict[str, Any]:
     """Deploy the enabled backends onto `platform` and return their stack outputs.
 
-    The lead wires the components of the GPU issue here, reading only `platform` and
-    `platform.config`:
-    - GemmaOnGke when `config.gke_gemma.enabled`: `platform.k8s_provider`, `platform.namespace`,
-      `platform.hf_token` (HF id) or `config.gke_gemma.model` (GCS FUSE);
-    - one CloudRunGpuService per `config.enabled_cloud_run_services`, invokers including
-      `platform.chat_invoker.member`, finetuned ones on `platform.inference_image`;
-    - ChatApp when `config.chat_app.enabled`: `platform.chat_identity`, `platform.chat_image`,
-      `platform.firestore`, and the backend list built from what was deployed above.
-    Until then the foundation alone is deployed and this adds no outputs.
+    The chat app's backend list is built from exactly what this function deploys, so the
+    dropdown never offers a backend that does not exist.
     """
-    del platform
-    return {}
+    config = platform.config
+    outputs: dict[str, Any] = {}
+    backends: list[ChatBackend] = []
+    if config.chat_app.enabled:
+        backends.append(
+            ChatBackend.gemini_on_vertex(
+                model=config.chat_app.gemini_model, location=config.chat_app.gemini_location
+            )
+        )
+
+    if config.gke_gemma.enabled:
+        gemma = _gemma_on_gke(platform)
+        backends.append(
+            ChatBackend.from_gke(
+                gemma, id="gemma-gke", label=f"Gemma 3 {_size(config.gke_gemma.variant)} (GKE)"
+            )
+        )
+        outputs["gemmaEndpoint"] = gemma.url
+        outputs["gemmaServedModel"] = gemma.served_model_name
+
+    urls: dict[str, pulumi.Output[str]] = {}
+    curls: dict[str, pulumi.Output[str]] = {}
+    for service_config in config.enabled_cloud_run_services:
+        service = CloudRunGpuService(service_config.name, _cloud_run_args(platform, service_config))
+        backends.append(
+            ChatBackend.from_cloud_run(
+                service, id=service_config.name, label=_cloud_run_label(service_config)
+            )
+        )
+        urls[service_config.name] = service.uri
+        curls[service_config.name] = service.curl_example
+    if urls:
+        outputs["cloudRunUrls"] = urls
+        outputs["cloudRunCurlExamples"] = curls
+
+    if config.chat_app.enabled:
+        chat = _chat_app(platform, backends)
+        outputs["chatUrl"] = chat.url
+        outputs["chatAccess"] = chat.access_hint
+        outputs["chatBackends"] = [backend.id for backend in backends]
+    return outputs
+
+
+def _namespace(platform: Platform) -> pulumi.Output[str]:
+    if platform.namespace is None:
+        raise ValueError("GKE workloads need the platform's namespace")
+    default = platform.config.namespace
+    return platform.namespace.metadata.apply(lambda m: m.name or default)
+
+
+def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
+    config = platform.config.gke_gemma
+    namespace = _namespace(platform)
+    identity = WorkloadIdentity(
+        "gemma",
+        WorkloadIdentityArgs(
+            project_id=platform.project_id,
+            project_number=platform.project_number,
+            namespace=namespace,
+            ksa_name=GEMMA_KSA,
+            # vLLM needs no Google API; a GCS model adds read on that one bucket.
+            project_roles=[],
+            k8s_provider=platform.k8s_provider,
+            depends_on=[r for r in (platform.namespace,) if r is not None],
+        ),
+    )
+    hf_token: pulumi.Output[str] | None = None
+    if config.model is None:
+        if platform.hf_token is None:
+            raise ValueError("GKE Gemma from Hugging Face needs the hfToken secret")
+        # The Kubernetes Secret is filled from the Secret Manager version, never a literal.
+        stored: pulumi.Output[str] = platform.hf_token.version.secret_data.apply(
+            lambda data: data or ""
+        )
+        hf_token = pulumi.Output.secret(stored)
+    return GemmaOnGke(
+        "gemma",
+        GemmaOnGkeArgs(
+            namespace=namespace,
+            k8s_provider=platform.k8s_provider,
+            model_id=config.model_id,
+            gpu_count=config.gpu_count,
+            tensor_parallel=config.tensor_parallel,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            resources=PodResources(
+                config.sizing.cpu, config.sizing.memory, config.sizing.ephemeral_storage
+            ),
+            ksa_name=identity.ksa_name,
+            ksa_principal=identity.principal,
+            hf_token=hf_token,
+            gcs_bucket=config.model.bucket if config.model else None,
+            gcs_path=config.model.path if config.model else "",
+            image=config.vllm_image,
+            depends_on=(identity,),
+        ),
+    )
+
+
+def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> CloudRunGpuServiceArgs:
+    invokers: dict[str, pulumi.Input[str]] = dict(invokers_from(service.invokers))
+    if platform.chat_invoker is not None:
+        invokers["chat-app"] = platform.chat_invoker.member
+    common: dict[str, Any] = {
+        "project_id": platform.project_id,
+        "region": platform.region,
+        "invokers": invokers,
+        "service_name": service.name,
+        "depends_on": tuple(platform.services.for_apis("run", "iam")),
+        "settings": ServiceSettings(
+            cpu=service.cpu,
+            memory=service.memory,
+            concurrency=service.concurrency,
+            max_instances=service.max_instances,
+            min_instances=service.min_instances,
+            timeout_seconds=service.timeout_seconds,
+            gpu_zonal_redundancy_disabled=not service.gpu_zonal_redundancy,
+            public=service.public,
+        ),
+    }
+    if service.flavour == "prebuilt":
+        return prebuilt_gemma(
+            **common,
+            variant=service.variant or "gemma3-1b",
+            ollama_num_parallel=service.ollama_num_parallel,
+            image=service.image,
+        )
+    if service.flavour == "vllm":
+        model = service.gcs_model
+        hf_secret = None
+        if model is None:
+            if platform.hf_token is None:
+                raise ValueError(f"Cloud Run {service.name} from Hugging Face needs hfToken")
+            hf_secret = platform.hf_token.secret_id
+        return vllm_gemma(
+            **common,
+            model_id=service.model or "",
+            max_model_len=service.max_model_len or 8192,
+            hf_token_secret=hf_secret,
+            model_bucket=model.bucket if model else None,
+            model_path=model.path if model else "",
+            image=service.image or platform.config.gke_gemma.vllm_image,
+        )
+    image = service.image or platform.inference_image
+    if service.gcs_model is None or image is None:
+        raise ValueError(f"Cloud Run {service.name}: a finetuned service needs modelUri")
+    return finetuned_gemma(
+        **common,
+        image=image,
+        model_bucket=service.gcs_model.bucket,
+        model_path=service.gcs_model.path,
+    )
+
+
+def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
+    config = platform.config
+    identity = platform.chat_identity
+    if identity is None or platform.chat_image is None:
+        raise ValueError("the chat app needs its workload identity and image from the platform")
+    login = None
+    if config.chat_app.exposure == "login" and config.chat_login_password is not None:
+        login = pulumi.Output.concat(f"{CHAT_LOGIN_USER}:", config.chat_login_password)
+    return ChatApp(
+        "chat",
+        ChatAppArgs(
+            project_id=platform.project_id,
+            namespace=_namespace(platform),
+            k8s_provider=platform.k8s_provider,
+            image=platform.chat_image,
+            ksa_name=identity.ksa_name,
+            ksa_principal=identity.principal,
+            backends=backends,
+            firestore_database=config.firestore.database,
+            exposure=config.chat_app.exposure,
+            id_token_service_account=(
+                platform.chat_invoker.email if platform.chat_invoker is not None else None
+            ),
+            iap_domain=config.chat_app.domain,
+            iap_accessors=(
+                invokers_from(config.chat_app.allowed_users)
+                if config.chat_app.exposure == "iap"
+                else {}
+            ),
+            login_credentials=login,
+            system_prompt=config.chat_app.system_prompt,
+            depends_on=tuple(r for r in (identity, platform.firestore) if r is not None),
+        ),
+    )
+
+
+def _size(variant: str) -> str:
+    """`gemma-3-12b-it` -> `12B`, for dropdown labels."""
+    return variant.removeprefix("gemma-3-").removesuffix("-it").upper()
+
+
+def _cloud_run_label(service: CloudRunServiceConfig) -> str:
+    what = {
+        "prebuilt": f"Gemma 3 {(service.variant or 'gemma3-1b').removeprefix('gemma3-').upper()}",
+        "vllm": f"{service.model or 'Gemma'} on vLLM",
+        "finetuned": "Fine-tuned Gemma",
+    }[service.flavour]
+    return f"{what} (Cloud Run {service.name})"

@@ -331,13 +331,19 @@ def test_named_invokers_and_explicit_public_are_kept() -> None:
 # --------------------------------------------------------------------------- chat app
 
 
-def test_iap_needs_allowed_users_and_login_needs_a_password() -> None:
-    (message,) = problems({"gemma-stack:chatExposure": "iap"})
-    assert "chatAllowedUsers" in message
+def test_iap_needs_allowed_users_and_a_domain_and_login_needs_a_password() -> None:
+    users, domain = problems({"gemma-stack:chatExposure": "iap"})
+    assert "chatAllowedUsers" in users
+    assert "pulumi config set chatDomain" in domain
     config = parse(
-        {"gemma-stack:chatExposure": "iap", "gemma-stack:chatAllowedUsers": ["user:a@b.com"]}
+        {
+            "gemma-stack:chatExposure": "iap",
+            "gemma-stack:chatAllowedUsers": ["user:a@b.com"],
+            "gemma-stack:chatDomain": "chat.example.com",
+        }
     )
     assert config.chat_app.allowed_users == ("user:a@b.com",)
+    assert config.chat_app.domain == "chat.example.com"
     (message,) = problems({"gemma-stack:chatExposure": "login"})
     assert "pulumi config set --secret chatLoginPassword" in message
     config = parse(
