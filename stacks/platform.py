@@ -165,8 +165,8 @@ def build_platform(config: StackConfig) -> Platform:
                 name=config.namespace,
                 labels={
                     "app.kubernetes.io/part-of": "gemma-stack",
-                    # Our pods meet restricted; baseline is enforced so a swapped-in image that needs
-                    # root still starts, and restricted violations are reported.
+                    # Our pods meet restricted; enforcing baseline lets a swapped-in image
+                    # that needs root still start, and restricted breaches are reported.
                     "pod-security.kubernetes.io/enforce": "baseline",
                     "pod-security.kubernetes.io/warn": "restricted",
                 },
