@@ -25,8 +25,9 @@ $(CHECKOV)/.installed: policy/checkov/requirements.txt
 	$(CHECKOV)/bin/python -m pip install --quiet --disable-pip-version-check -r policy/checkov/requirements.txt
 	touch $@
 
+# Java, the Firestore emulator and (for tests) Chromium; installs only what is missing.
 system-deps:
-	scripts/install-system-deps.sh
+	scripts/install-system-deps.sh test
 
 test: lint typecheck pytest
 
@@ -40,7 +41,8 @@ typecheck: venv
 pytest: venv $(CHECKOV)/.installed system-deps
 	$(BIN)/pytest
 
-demo: venv system-deps
+demo: venv
+	scripts/install-system-deps.sh demo
 	$(BIN)/python -m devtools.demo $(if $(MODEL_URI),--model-uri $(MODEL_URI))
 
 bench: venv
