@@ -222,6 +222,7 @@ class Row:
             f"{d95 * 1000:.0f}",
             f"{c50 * 1000:.0f}",
             f"{c95 * 1000:.0f}",
+            f"{(c50 - d50) * 1000:+.0f}",
             f"{(c95 - d95) * 1000:+.0f}",
             f"{statistics.median(t.tokens_per_s(t.pieces) for t in self.direct):.0f}",
             # Same prompt, same deterministic reply: the direct stream's token count applies.
@@ -236,6 +237,7 @@ HEADER = [
     "direct p95 ms",
     "chat app TTFT p50 ms",
     "chat app p95 ms",
+    "added p50 ms",
     "added p95 ms",
     "direct tok/s",
     "chat app tok/s",
@@ -247,6 +249,13 @@ def markdown_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---:|" * len(HEADER)]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _count_failures(path: str, results: list[Any]) -> int:
+    failures = [r for r in results if not isinstance(r, StreamTiming)]
+    for failure in failures:
+        print(f"{path} request failed: {failure!r}", file=sys.stderr)
+    return len(failures)
 
 
 async def measure(
@@ -287,7 +296,7 @@ async def measure(
                     return_exceptions=True,
                 )
                 direct += [r for r in results if isinstance(r, StreamTiming)]
-                errors += sum(1 for r in results if not isinstance(r, StreamTiming))
+                errors += _count_failures("direct", results)
                 sessions = [
                     ChatAppSession(chat_http, config, f"bench-{level}-{i}") for i in range(level)
                 ]
@@ -296,7 +305,7 @@ async def measure(
                     return_exceptions=True,
                 )
                 chat += [r for r in results if isinstance(r, StreamTiming)]
-                errors += sum(1 for r in results if not isinstance(r, StreamTiming))
+                errors += _count_failures("chat app", results)
             rows.append(Row(level, direct, chat, errors))
             print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows

@@ -26,6 +26,7 @@ from app.chat.settings import BackendConfig, ChatSettings
 log = logging.getLogger(__name__)
 
 LONG_HISTORY = 400
+STREAMS_AT_FULL_RATE = 10
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 CSS = """
 #chat-title h1 { margin: 0; font-size: 1.4rem; }
@@ -85,6 +86,7 @@ class ChatUI:
         self.backends = backends
         self.owners = owners
         self.labels = [b.label for b in settings.chat_backends]
+        self.streaming = 0  # replies streaming right now, across all users
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -180,9 +182,9 @@ class ChatUI:
         backend = self.backends[backend_config.id]
         pieces = aiter(backend.stream(turns, system_prompt or "", sampling))
         next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
-        interval_s = self._update_interval_s(len(shown))
         reply = ""
         error: str | None = "the reply was interrupted (the browser disconnected)"
+        self.streaming += 1
         try:
             yield shown, conversation, skip
             last_update = 0.0
@@ -190,7 +192,7 @@ class ChatUI:
                 reply += piece
                 next_piece = asyncio.ensure_future(anext(pieces, None))
                 now = time.monotonic()
-                if now - last_update >= interval_s:
+                if now - last_update >= self._update_interval_s(len(shown)):
                     last_update = now
                     shown[-1] = {"role": "assistant", "content": reply}
                     yield shown, skip, skip
@@ -201,6 +203,7 @@ class ChatUI:
             log.exception("backend %s failed unexpectedly", backend_config.id)
             error = f"{backend_config.label} failed unexpectedly ({type(err).__name__})."
         finally:
+            self.streaming -= 1
             next_piece.cancel()
             # Runs on a browser disconnect too (the generator is closed): the reply is kept.
             self._keep(
@@ -216,9 +219,12 @@ class ChatUI:
         yield to_chatbot(conversation.messages), conversation, listed
 
     def _update_interval_s(self, shown_messages: int) -> float:
-        # Tokens that arrive faster than the screen needs share an update; a very long
-        # history makes every update O(history), so it is sent less often.
+        # Tokens that arrive faster than the screen needs share an update. Every update costs
+        # the one event loop CPU, so with many streams each updates less often and first
+        # tokens of new replies are not stuck behind them; a very long history makes every
+        # update O(history), so it is sent less often too.
         interval_s = self.settings.stream_update_interval_ms / 1000
+        interval_s *= max(1.0, self.streaming / STREAMS_AT_FULL_RATE)
         return max(interval_s, 0.15) if shown_messages >= LONG_HISTORY else interval_s
 
     def _listed(
