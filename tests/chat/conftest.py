@@ -67,6 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "LOGIN_CREDENTIALS": ",".join(f"{u}:{p}" for u, p in USERS.items()),
             "GRADIO_ANALYTICS_ENABLED": "False",
             "SHUTDOWN_GRACE_S": "2",
+            # Every token its own update, so streaming is visible however fast the model is.
+            "STREAM_UPDATE_INTERVAL_MS": "0",
             # No Google credentials anywhere, so the Vertex AI backend must explain itself.
             "GOOGLE_APPLICATION_CREDENTIALS": str(work / "missing-key.json"),
             "CLOUDSDK_CONFIG": str(no_credentials),
