@@ -141,8 +141,8 @@ class TransformersEngine(Engine):
         self.device, self.dtype = pick_device_and_dtype(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if attention == "auto":
-            # On CPU, eager attention decodes several times faster than SDPA for one sequence
-            # (measured on Gemma 3 shapes); GPUs want SDPA.
+            # On CPU, eager attention decoded the tiny test model 4.5x faster than SDPA and
+            # matched it on the 270M shape; GPUs want SDPA.
             attention = "sdpa" if self.device.type == "cuda" else "eager"
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=self.dtype, attn_implementation=attention
