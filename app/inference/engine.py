@@ -42,10 +42,11 @@ class Completion:
 
 @dataclass
 class StreamEvent:
-    """One streamed piece of text, or the final summary when ``completion`` is set."""
+    """One streamed piece of text, the final summary (``completion``) or a failure (``error``)."""
 
     text: str = ""
     completion: Completion | None = field(default=None)
+    error: str | None = None
 
 
 class Engine(ABC):

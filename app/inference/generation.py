@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from app.inference.engine import Completion, Engine, SamplingParams, StreamEvent, stream_generate
 from app.inference.state import ServerState
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_max_tokens(
@@ -49,6 +52,10 @@ async def open_stream(
         try:
             async for event in stream_generate(engine, prompt_ids, params, state.executor):
                 yield event
+        except Exception as error:
+            # The 200 and some text are already sent: report the failure in-band.
+            logger.exception("generation failed mid-stream")
+            yield StreamEvent(error=f"Generation failed: {type(error).__name__}: {error}")
         finally:
             slot.release()
 

@@ -147,9 +147,14 @@ for _version in ("v1beta", "v1"):
             if not as_sse:
                 yield b"["
             async for event in events:
-                if event.completion is None and not event.text:
+                if event.error is not None:
+                    item: dict[str, Any] = {
+                        "error": {"code": 500, "message": event.error, "status": "INTERNAL"}
+                    }
+                elif event.completion is None and not event.text:
                     continue
-                item = _response(state, event.text, event.completion)
+                else:
+                    item = _response(state, event.text, event.completion)
                 if as_sse:
                     yield sse(item)
                 else:

@@ -83,6 +83,10 @@ def _usage(completion: Completion) -> dict[str, int]:
     }
 
 
+def _stream_error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": 500}}
+
+
 def _message_text(message: ChatMessage) -> str:
     if message.content is None:
         return ""
@@ -158,6 +162,9 @@ async def _stream_chat(
     async def body() -> AsyncIterator[bytes]:
         yield chunk({"role": "assistant", "content": ""})
         async for event in events:
+            if event.error is not None:
+                yield sse(_stream_error(event.error))
+                break
             if event.completion is None:
                 yield chunk({"content": event.text})
                 continue
@@ -214,6 +221,9 @@ async def completions(body: CompletionRequest, state: StateDep) -> Any:
 
     async def stream() -> AsyncIterator[bytes]:
         async for event in events:
+            if event.error is not None:
+                yield sse(_stream_error(event.error))
+                break
             finish = event.completion.finish_reason if event.completion else None
             choice = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": finish}
             yield sse({**base, "choices": [choice]})
