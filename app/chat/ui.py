@@ -91,7 +91,7 @@ class ChatUI:
     # -- helpers ---------------------------------------------------------------------------
 
     async def _owner(self, request: gr.Request | None, browser_id: str | None) -> str:
-        headers: Mapping[str, str] = dict(request.headers) if request is not None else {}
+        headers: Mapping[str, str] = dict(getattr(request, "headers", None) or {})
         username = getattr(request, "username", None) if request is not None else None
         if self.settings.auth_mode == "none" and not browser_id and request is not None:
             # A message sent before the page finished loading has no browser id yet; the
@@ -186,7 +186,7 @@ class ChatUI:
         error: str | None = "the reply was interrupted (the browser disconnected)"
         self.streaming += 1
         try:
-            yield shown, conversation, skip
+            yield list(shown), conversation, skip
             last_update = 0.0
             while (piece := await next_piece) is not None:
                 reply += piece
@@ -195,7 +195,7 @@ class ChatUI:
                 if now - last_update >= self._update_interval_s(len(shown)):
                     last_update = now
                     shown[-1] = {"role": "assistant", "content": reply}
-                    yield shown, skip, skip
+                    yield list(shown), skip, skip
             error = None
         except BackendError as err:
             error = self._failure_text(backend_config.id, err)
