@@ -20,7 +20,8 @@ BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
-RUN_AS_UID = 1000
+# Matches the image's USER; checkov (CKV_K8S_40) wants uids >= 10000, clear of host users.
+RUN_AS_UID = 10001
 AUTH_ANNOTATION = "gemma-stack/auth"
 _AUTH_MODE: dict[Exposure, str] = {"internal": "none", "iap": "iap", "login": "login"}
 _BACKEND_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -371,6 +372,27 @@ class ChatApp(pulumi.ComponentResource):
         )
 
         self.service = self._service(name, args, labels, k8s_opts)
+        # Users arrive on the app port only (port-forward, the IAP or the login load balancer).
+        self.network_policy = kubernetes.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=f"{args.app_name}-ingress", namespace=args.namespace, labels=labels
+            ),
+            spec=kubernetes.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=kubernetes.meta.v1.LabelSelectorArgs(match_labels=labels),
+                policy_types=["Ingress"],
+                ingress=[
+                    kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        ports=[
+                            kubernetes.networking.v1.NetworkPolicyPortArgs(
+                                port=CHAT_PORT, protocol="TCP"
+                            )
+                        ]
+                    )
+                ],
+            ),
+            opts=k8s_opts,
+        )
         self.service_name = self.service.metadata.apply(lambda m: m.name or args.app_name)
         self.internal_url = pulumi.Output.format(
             "http://{0}.{1}.svc.cluster.local:{2}", self.service_name, args.namespace, CHAT_PORT

@@ -22,7 +22,7 @@ STARTUP_FAILURE_THRESHOLD = 360
 PROGRESS_DEADLINE_S = 1800
 # The vLLM image runs as root by default; it works as any uid once HOME and caches point
 # at writable volumes, so we run it as this unprivileged uid.
-RUN_AS_UID = 1000
+RUN_AS_UID = 10001
 MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/cache"
 # Tells the Pulumi Kubernetes provider not to wait for readiness (GPUs may take hours).

@@ -216,11 +216,11 @@ def test_chat_pod_is_hardened_with_probes_and_limits() -> None:
     assert spec["serviceAccountName"] == "chat-app"
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] == 1000
+    assert spec["securityContext"]["runAsUser"] == 10001  # the image's USER
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = box["securityContext"]
     assert sc["runAsNonRoot"] is True
-    assert sc["runAsUser"] == 1000
+    assert sc["runAsUser"] == 10001
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
