@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+# The chat app's collection (app/chat/history.py) and the fields its conversation list uses.
+SESSIONS_COLLECTION = "chat_sessions"
+
 
 @dataclass(frozen=True)
 class ChatHistoryDatabaseArgs:
@@ -24,6 +27,7 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
     """A Firestore Native database, protected from deletion unless config says otherwise."""
 
     database: gcp.firestore.Database
+    sessions_index: gcp.firestore.Index
     name: pulumi.Output[str]
 
     def __init__(
@@ -57,6 +61,20 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
                 depends_on=list(args.depends_on),
                 protect=args.delete_protection,
             ),
+        )
+        # "My conversations, newest first" filters on owner and sorts on updated_at, a query
+        # Firestore serves only with this composite index.
+        self.sessions_index = gcp.firestore.Index(
+            f"{name}-sessions-by-owner",
+            project=args.project_id,
+            database=self.database.name,
+            collection=SESSIONS_COLLECTION,
+            query_scope="COLLECTION",
+            fields=[
+                gcp.firestore.IndexFieldArgs(field_path="owner", order="ASCENDING"),
+                gcp.firestore.IndexFieldArgs(field_path="updated_at", order="DESCENDING"),
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
         )
         self.name = self.database.name
         self.register_outputs({"name": self.name})

@@ -39,3 +39,15 @@ def test_name_and_location_from_config() -> None:
 def test_no_database_without_the_chat_app() -> None:
     run = run_program(overrides={"gemma-stack:chatAppEnabled": False})
     assert not run.of_type("gcp:firestore/database:Database")
+
+
+def test_conversation_list_has_its_composite_index() -> None:
+    index = run_program().one("gcp:firestore/index:Index")
+    assert index.inputs["database"] == "chat-app-db"
+    # The chat app lists a user's conversations with this exact filter and sort.
+    assert index.inputs["collection"] == "chat_sessions"
+    assert [(f["fieldPath"], f["order"]) for f in index.inputs["fields"]] == [
+        ("owner", "ASCENDING"),
+        ("updated_at", "DESCENDING"),
+    ]
+    assert index.parent_type == "gemma-stack:firestore:ChatHistoryDatabase"
