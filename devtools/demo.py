@@ -45,6 +45,12 @@ HOST = "127.0.0.1"
 OFFLINE_MODEL_NAME = "offline-demo-gemma3"
 # Short enough to show whole in the model picker.
 OFFLINE_MODEL_LABEL = "Offline demo model (random weights)"
+OFFLINE_NOTICE = (
+    "**Offline demo.** The Gemma model here is a tiny model with random weights, built on "
+    "this machine, so its replies are gibberish. Everything else is real: streaming, "
+    "history in Firestore (the local emulator), restoring conversations. "
+    "Run `make demo MODEL_URI=google/gemma-3-1b-it` (with `HF_TOKEN`) for a real model."
+)
 # The firestore client needs a project id; a `demo-` project never reaches a real Google project.
 OFFLINE_PROJECT = "demo-gemma-stack"
 
@@ -345,6 +351,7 @@ class Demo:
                 "PORT": str(chat_port),
                 "AUTH_MODE": "none",
                 "GRADIO_ANALYTICS_ENABLED": "False",
+                **self._notice(why_no_gemini),
             },
             "chat.log",
         )
@@ -460,6 +467,13 @@ class Demo:
             # The offline model is complete on disk; never let a library reach for the network.
             env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         return env
+
+    def _notice(self, why_no_gemini: str | None) -> dict[str, str]:
+        """CHAT_NOTICE: what this demo is not, said plainly on the page."""
+        parts = [] if self.settings.model_uri else [OFFLINE_NOTICE]
+        if why_no_gemini:
+            parts.append(f"Gemini is not offered: {why_no_gemini}")
+        return {"CHAT_NOTICE": "\n\n".join(parts)} if parts else {}
 
     def _gemma_backend(self, inference_port: int) -> dict[str, Any]:
         uri = self.settings.model_uri

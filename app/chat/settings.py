@@ -75,6 +75,8 @@ class ChatSettings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
     port: int = Field(default=7860, ge=1, le=65535)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # Markdown shown under the title, e.g. that the model is an offline demo with random weights.
+    chat_notice: str | None = None
     auth_mode: Literal["none", "iap", "login"] = "none"
     login_credentials: SecretStr | None = None
     iap_audience: str | None = None

@@ -324,6 +324,8 @@ class ChatUI:
                 "every conversation is kept.",
                 elem_id="chat-title",
             )
+            if settings.chat_notice:
+                gr.Markdown(settings.chat_notice, elem_id="chat-notice")
             with gr.Row():
                 backend = gr.Dropdown(
                     choices=self.labels, value=self.labels[0], label="Model", scale=2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from google.cloud import firestore
@@ -142,8 +144,11 @@ def test_make_demo_answers_stores_and_stops_clean(
         api = client.view_api(print_info=False, return_format="dict")
         send_params = api["named_endpoints"]["/send"]["parameters"]
         backend_param = next(p for p in send_params if p["parameter_name"] == "backend_label")
-        # The model picker tells the user plainly what the offline model is.
+        # The model picker and a notice on the page tell the user plainly what the model is.
         assert backend_param["parameter_default"] == OFFLINE_LABEL
+        page_config = json.dumps(httpx.get(f"{url}/config", timeout=10).json())
+        assert "tiny model with random weights" in page_config
+        assert "Gemini is not offered" in page_config
 
         browser_id = client.predict(None, api_name="/conversations")[0]
         message = f"smoke test {secrets.token_hex(6)}"
