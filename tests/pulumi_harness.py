@@ -27,6 +27,7 @@ runs the program in a child interpreter instead and sends the results back.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -565,6 +566,58 @@ def run_snippet_error(code: str, folder: Path) -> tuple[BaseException, list[Reco
     if error is None:
         raise AssertionError("the program ran without error")
     return error, recorded
+
+
+_REDACTED = "<redacted>"
+
+
+def _api_version_and_kind(type_token: str) -> tuple[str, str]:
+    # kubernetes:apps/v1:Deployment -> ("apps/v1", "Deployment"); core/v1 -> "v1".
+    _, group_version, kind = type_token.split(":")
+    return group_version.removeprefix("core/"), kind
+
+
+def manifests_from_resources(resources: Iterable[Any]) -> list[dict[str, Any]]:
+    """Kubernetes objects (apiVersion/kind/metadata/spec...) from recorded `kubernetes:*` inputs.
+
+    Names and namespaces the program left to the provider come from the recorded outputs;
+    Secret values are redacted so no token is written to disk.
+    """
+    manifests = []
+    for resource in resources:
+        if not resource.type.startswith("kubernetes:") or resource.type.startswith(
+            ("kubernetes:helm", "kubernetes:yaml", "kubernetes:kustomize")
+        ):
+            continue
+        api_version, kind = _api_version_and_kind(resource.type)
+        manifest = _whole_numbers(copy.deepcopy(dict(resource.inputs)))
+        manifest["apiVersion"] = manifest.get("apiVersion") or api_version
+        manifest["kind"] = manifest.get("kind") or kind
+        metadata = dict(manifest.get("metadata") or {})
+        recorded = (resource.outputs or {}).get("metadata") or {}
+        # Cluster-scoped objects have no namespace.
+        keys = ("name",) if kind == "Namespace" else ("name", "namespace")
+        for key in keys:
+            if not metadata.get(key) and recorded.get(key):
+                metadata[key] = recorded[key]
+        manifest["metadata"] = metadata
+        if kind == "Secret":
+            for key in ("data", "stringData"):
+                if isinstance(manifest.get(key), dict):
+                    manifest[key] = dict.fromkeys(manifest[key], _REDACTED)
+        manifests.append(manifest)
+    return manifests
+
+
+def _whole_numbers(value: Any) -> Any:
+    # The engine sends every number as a float; manifests say `port: 8000`, not 8000.0.
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _child_main() -> None:

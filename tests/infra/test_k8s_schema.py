@@ -9,6 +9,7 @@ the fields of their published CRDs below.
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 import types
@@ -25,7 +26,7 @@ import pytest
 from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from stacks.gemma_sizing import GEMMA_SIZING
-from tests.pulumi_harness import ProgramRun, run_program
+from tests.pulumi_harness import ProgramRun, manifests_from_resources, run_program
 
 OLDEST_MINOR = 33
 NEWEST_MINOR = int(kubernetes_validate.latest_version().split(".")[1])
@@ -143,31 +144,8 @@ def build_everything() -> None:
         )
 
 
-def _whole_numbers(value: Any) -> Any:
-    # The engine hands numbers over as floats; the schema wants integers.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
-
-
 def manifests() -> list[dict[str, Any]]:
-    run = render(build_everything)
-    objects = []
-    for resource in run.resources:
-        if not resource.type.startswith("kubernetes:") or resource.type.startswith(
-            "pulumi:providers"
-        ):
-            continue
-        _, api_version, kind = resource.type.split(":")
-        manifest = _whole_numbers(dict(resource.inputs))
-        manifest["apiVersion"] = api_version.removeprefix("core/")
-        manifest["kind"] = kind
-        objects.append(manifest)
-    return objects
+    return manifests_from_resources(render(build_everything).resources)
 
 
 _MANIFESTS = manifests()
@@ -216,7 +194,7 @@ def test_gke_custom_resources_match_their_crd_fields(kind: str) -> None:
 
 def test_schema_check_catches_a_broken_object() -> None:
     deployment = next(m for m in _MANIFESTS if m["kind"] == "Deployment")
-    broken = _whole_numbers(deployment)
+    broken = copy.deepcopy(deployment)
     broken["spec"]["template"]["spec"]["containers"][0]["resource"] = {}  # typo of resources
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, MINORS[-1], strict=True)

@@ -9,8 +9,12 @@ import kubernetes_validate
 import pytest
 
 from stacks.gemma_sizing import GEMMA_SIZING
-from tests.policy.manifests import manifests_from_resources
-from tests.pulumi_harness import ProgramRun, RecordedResource, run_program
+from tests.pulumi_harness import (
+    ProgramRun,
+    RecordedResource,
+    manifests_from_resources,
+    run_program,
+)
 
 IAM_MEMBER_TYPES = (
     "gcp:cloudrunv2/serviceIamMember:ServiceIamMember",

@@ -17,10 +17,10 @@ from tests.policy.manifests import (
     ScanResult,
     Skip,
     load_skips,
-    manifests_from_resources,
     run_checkov,
     write_manifests,
 )
+from tests.pulumi_harness import manifests_from_resources
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,10 @@ the count against Google's reference vLLM Deployment.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
 SKIPS_FILE = REPO_ROOT / "policy" / "checkov" / "skips.yaml"
 REFERENCE_MANIFEST = Path(__file__).resolve().parent / "fixtures" / "reference-vllm-deployment.yaml"
-_REDACTED = "<redacted>"
 
 
 @dataclass(frozen=True)
@@ -68,55 +66,6 @@ def checkov_object(resource: str) -> str:
     """'Kind/name' from checkov's resource id ('Deployment.ns.name', 'Pod.ns.name.labels...')."""
     parts = resource.split(".")
     return f"{parts[0]}/{parts[2]}" if len(parts) >= 3 else resource.replace(".", "/", 1)
-
-
-def _api_version_and_kind(type_token: str) -> tuple[str, str]:
-    # kubernetes:apps/v1:Deployment -> ("apps/v1", "Deployment"); core/v1 -> "v1".
-    _, group_version, kind = type_token.split(":")
-    return group_version.removeprefix("core/"), kind
-
-
-def manifests_from_resources(resources: Iterable[Any]) -> list[dict[str, Any]]:
-    """Kubernetes objects (apiVersion/kind/metadata/spec...) from recorded `kubernetes:*` inputs.
-
-    Names and namespaces the program left to the provider come from the recorded outputs;
-    Secret values are redacted so no token is written to disk.
-    """
-    manifests = []
-    for resource in resources:
-        if not resource.type.startswith("kubernetes:") or resource.type.startswith(
-            ("kubernetes:helm", "kubernetes:yaml", "kubernetes:kustomize")
-        ):
-            continue
-        api_version, kind = _api_version_and_kind(resource.type)
-        manifest = _whole_numbers(copy.deepcopy(dict(resource.inputs)))
-        manifest["apiVersion"] = manifest.get("apiVersion") or api_version
-        manifest["kind"] = manifest.get("kind") or kind
-        metadata = dict(manifest.get("metadata") or {})
-        recorded = (resource.outputs or {}).get("metadata") or {}
-        # Cluster-scoped objects have no namespace.
-        keys = ("name",) if kind == "Namespace" else ("name", "namespace")
-        for key in keys:
-            if not metadata.get(key) and recorded.get(key):
-                metadata[key] = recorded[key]
-        manifest["metadata"] = metadata
-        if kind == "Secret":
-            for key in ("data", "stringData"):
-                if isinstance(manifest.get(key), dict):
-                    manifest[key] = dict.fromkeys(manifest[key], _REDACTED)
-        manifests.append(manifest)
-    return manifests
-
-
-def _whole_numbers(value: Any) -> Any:
-    # The engine sends every number as a float; manifests say `port: 8000`, not 8000.0.
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def load_skips(path: Path = SKIPS_FILE) -> list[Skip]:

@@ -12,9 +12,9 @@ from tests.policy.manifests import (
     CHECKOV,
     REFERENCE_MANIFEST,
     load_skips,
-    manifests_from_resources,
     run_checkov,
 )
+from tests.pulumi_harness import manifests_from_resources
 
 pytestmark = pytest.mark.skipif(
     not CHECKOV.exists(),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tests.policy.manifests import ScanResult, Skip, checkov_object, manifests_from_resources
+from tests.policy.manifests import ScanResult, Skip, checkov_object
+from tests.pulumi_harness import manifests_from_resources
 
 
 def _recorded(type_: str, inputs: dict, outputs: dict | None = None) -> SimpleNamespace:
