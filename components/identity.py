@@ -108,7 +108,8 @@ class ImpersonatedServiceAccountArgs:
     project_id: pulumi.Input[str]
     account_id: str
     display_name: str
-    # Principals (e.g. a WorkloadIdentity's `principal`) granted serviceAccountTokenCreator on it.
+    # Principals (e.g. a WorkloadIdentity's `principal`) that may mint ID tokens as it;
+    # roles/iam.serviceAccountOpenIdTokenCreator gives no access tokens.
     impersonators: Sequence[pulumi.Input[str]]
     depends_on: Sequence[pulumi.Resource] = ()
 
@@ -152,7 +153,7 @@ class ImpersonatedServiceAccount(pulumi.ComponentResource):
             gcp.serviceaccount.IAMMember(
                 f"{name}-token-creator-{index}",
                 service_account_id=self.account.name,
-                role="roles/iam.serviceAccountTokenCreator",
+                role="roles/iam.serviceAccountOpenIdTokenCreator",
                 member=impersonator,
                 opts=child,
             )

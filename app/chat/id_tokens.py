@@ -37,7 +37,7 @@ def fetch_google_id_token(audience: str) -> str:
 
     On GKE with a direct Workload Identity principal there is no Google service account to
     ask the metadata server for an ID token, so `ID_TOKEN_SERVICE_ACCOUNT` names one to
-    impersonate (the workload needs roles/iam.serviceAccountTokenCreator on it).
+    impersonate (the workload needs roles/iam.serviceAccountOpenIdTokenCreator on it).
     """
     import google.auth  # noqa: PLC0415 - only deployments that use ID tokens pay for the import
     import google.auth.transport.requests  # noqa: PLC0415

@@ -79,7 +79,7 @@ def test_impersonation_is_granted_on_that_account_only(tmp_path: Path) -> None:
     grant = run.one("gcp:serviceaccount/iAMMember:IAMMember")
     assert grant.inputs == {
         "serviceAccountId": f"projects/proj-1/serviceAccounts/{MINTER}",
-        "role": "roles/iam.serviceAccountTokenCreator",
+        "role": "roles/iam.serviceAccountOpenIdTokenCreator",
         "member": PRINCIPAL,
     }
     assert run.outputs["minter"] == MINTER

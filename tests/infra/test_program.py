@@ -174,13 +174,13 @@ def test_chat_principal_may_mint_tokens_only_for_chat_invoker(dev: ProgramRun) -
         (c.inputs["role"], c.inputs["member"], c.inputs["serviceAccountId"]) for c in creators
     ] == [
         (
-            "roles/iam.serviceAccountTokenCreator",
+            "roles/iam.serviceAccountOpenIdTokenCreator",
             CHAT_PRINCIPAL,
             "projects/my-gcp-project/serviceAccounts/chat-invoker@my-gcp-project.iam.gserviceaccount.com",
         )
     ]
     project_roles = {b.inputs["role"] for b in dev.of_type("gcp:projects/iAMMember:IAMMember")}
-    assert "roles/iam.serviceAccountTokenCreator" not in project_roles
+    assert "roles/iam.serviceAccountOpenIdTokenCreator" not in project_roles
 
 
 def test_token_value_appears_only_in_secret_manager_and_the_pod_secret(dev: ProgramRun) -> None:
