@@ -1,4 +1,4 @@
-"""The Hugging Face token, kept in Secret Manager and only ever handled as a Pulumi secret."""
+"""Secrets the stack owns (the Hugging Face token, the chat login), kept in Secret Manager."""
 
 from __future__ import annotations
 
@@ -10,33 +10,34 @@ import pulumi_gcp as gcp
 
 
 @dataclass(frozen=True)
-class HuggingFaceTokenArgs:
-    """The token (a secret Output from `pulumi config set --secret hfToken`) and its secret id."""
+class StoredSecretArgs:
+    """The value (a secret Output, e.g. from `pulumi config set --secret`) and its secret id."""
 
     project_id: pulumi.Input[str]
-    token: pulumi.Output[str]
-    secret_id: str = "HF_TOKEN"  # noqa: S105 - the name of the secret, not its value
+    value: pulumi.Output[str]
+    secret_id: str
     depends_on: Sequence[pulumi.Resource] = ()
 
 
-class HuggingFaceToken(pulumi.ComponentResource):
-    """A Secret Manager secret holding the token; readers get secretAccessor on it alone."""
+class StoredSecret(pulumi.ComponentResource):
+    """A Secret Manager secret holding one value; readers get secretAccessor on it alone."""
 
     secret: gcp.secretmanager.Secret
     version: gcp.secretmanager.SecretVersion
     secret_id: pulumi.Output[str]
     secret_name: pulumi.Output[str]
-    token: pulumi.Output[str]
+    value: pulumi.Output[str]
+    stored_value: pulumi.Output[str]
 
     def __init__(
         self,
         name: str,
-        args: HuggingFaceTokenArgs,
+        args: StoredSecretArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__("gemma-stack:secrets:HuggingFaceToken", name, None, opts)
+        super().__init__("gemma-stack:secrets:StoredSecret", name, None, opts)
         # Mark it secret even if a caller passed a plain Output, so state never holds it in clear.
-        self.token = pulumi.Output.secret(args.token)
+        self.value = pulumi.Output.secret(args.value)
         self.secret = gcp.secretmanager.Secret(
             f"{name}-secret",
             project=args.project_id,
@@ -50,11 +51,14 @@ class HuggingFaceToken(pulumi.ComponentResource):
         self.version = gcp.secretmanager.SecretVersion(
             f"{name}-version",
             secret=self.secret.id,
-            secret_data=self.token,
+            secret_data=self.value,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secretData"]),
         )
         self.secret_id = self.secret.secret_id
         self.secret_name = self.secret.name
+        # Read back from the version, so whatever copies it waits until Secret Manager has it.
+        stored: pulumi.Output[str] = self.version.secret_data.apply(lambda data: data or "")
+        self.stored_value = pulumi.Output.secret(stored)
         self.register_outputs({"secretId": self.secret_id, "secretName": self.secret_name})
 
     def grant_access(

@@ -20,13 +20,17 @@ from components.identity import (
 )
 from components.project_services import ProjectServices, ProjectServicesArgs
 from components.registry import ArtifactRegistry, ArtifactRegistryArgs, ImageBuild, ImageBuildArgs
-from components.secrets import HuggingFaceToken, HuggingFaceTokenArgs
+from components.secrets import StoredSecret, StoredSecretArgs
 from stacks.config import ConfigError, StackConfig
 
 CHAT_APP_DIR = Path("app/chat")
 INFERENCE_APP_DIR = Path("app/inference")
 CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
 CHAT_INVOKER_ACCOUNT_ID = "chat-invoker"
+HF_TOKEN_SECRET_ID = "HF_TOKEN"  # noqa: S105 - the secret's name, not its value
+CHAT_LOGIN_SECRET_ID = "chat-login"  # noqa: S105 - the secret's name, not its value
+# The user name for chatExposure=login; the password is the chatLoginPassword secret.
+CHAT_LOGIN_USER = "chat"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class Platform:
     services: ProjectServices
     registry: ArtifactRegistry
     firestore: ChatHistoryDatabase | None
-    hf_token: HuggingFaceToken | None
+    hf_token: StoredSecret | None
+    # `user:password` for chatExposure=login, kept in Secret Manager.
+    chat_login: StoredSecret | None
     # Present when something runs on GKE (GKE Gemma or the chat app).
     cluster: AutopilotCluster | None
     namespace: kubernetes.core.v1.Namespace | None
@@ -122,13 +128,28 @@ def build_platform(config: StackConfig) -> Platform:
     elif config.images.inference:
         inference_image = pulumi.Output.from_input(config.images.inference)
 
-    hf_token = None
+    hf_token = chat_login = None
     if config.hf_token is not None:
-        hf_token = HuggingFaceToken(
+        hf_token = StoredSecret(
             "hf-token",
-            HuggingFaceTokenArgs(
+            StoredSecretArgs(
                 project_id=config.project,
-                token=config.hf_token,
+                value=config.hf_token,
+                secret_id=HF_TOKEN_SECRET_ID,
+                depends_on=apis.for_apis("secretmanager"),
+            ),
+        )
+    if (
+        config.chat_app.enabled
+        and config.chat_app.exposure == "login"
+        and config.chat_login_password is not None
+    ):
+        chat_login = StoredSecret(
+            "chat-login-credentials",
+            StoredSecretArgs(
+                project_id=config.project,
+                value=pulumi.Output.concat(f"{CHAT_LOGIN_USER}:", config.chat_login_password),
+                secret_id=CHAT_LOGIN_SECRET_ID,
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
@@ -212,6 +233,7 @@ def build_platform(config: StackConfig) -> Platform:
         registry=registry,
         firestore=firestore,
         hf_token=hf_token,
+        chat_login=chat_login,
         cluster=cluster,
         namespace=namespace,
         chat_identity=chat_identity,
@@ -239,6 +261,9 @@ def platform_outputs(platform: Platform) -> dict[str, Any]:
         outputs["inferenceImage"] = platform.inference_image
     if platform.hf_token is not None:
         outputs["hfTokenSecret"] = platform.hf_token.secret_id
+    if platform.chat_login is not None:
+        outputs["chatLoginSecret"] = platform.chat_login.secret_id
+        outputs["chatLoginUser"] = CHAT_LOGIN_USER
     if platform.firestore is not None:
         outputs["firestoreDatabase"] = platform.firestore.name
     if platform.cluster is not None:

@@ -22,7 +22,6 @@ from stacks.config import CloudRunServiceConfig
 from stacks.platform import Platform
 
 GEMMA_KSA = "gemma"
-CHAT_LOGIN_USER = "chat"
 
 
 def deploy_serving(platform: Platform) -> dict[str, Any]:
@@ -102,10 +101,7 @@ def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
         if platform.hf_token is None:
             raise ValueError("GKE Gemma from Hugging Face needs the hfToken secret")
         # The Kubernetes Secret is filled from the Secret Manager version, never a literal.
-        stored: pulumi.Output[str] = platform.hf_token.version.secret_data.apply(
-            lambda data: data or ""
-        )
-        hf_token = pulumi.Output.secret(stored)
+        hf_token = platform.hf_token.stored_value
     return GemmaOnGke(
         "gemma",
         GemmaOnGkeArgs(
@@ -190,9 +186,7 @@ def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
     identity = platform.chat_identity
     if identity is None or platform.chat_image is None:
         raise ValueError("the chat app needs its workload identity and image from the platform")
-    login = None
-    if config.chat_app.exposure == "login" and config.chat_login_password is not None:
-        login = pulumi.Output.concat(f"{CHAT_LOGIN_USER}:", config.chat_login_password)
+    login = platform.chat_login.stored_value if platform.chat_login is not None else None
     return ChatApp(
         "chat",
         ChatAppArgs(

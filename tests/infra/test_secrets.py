@@ -1,4 +1,4 @@
-"""The Hugging Face token lives in Secret Manager, marked secret everywhere, granted per secret."""
+"""The stack's secrets live in Secret Manager, marked secret everywhere, granted per secret."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_token_is_stored_as_a_secret_version() -> None:
     secret = run.one("gcp:secretmanager/secret:Secret")
     assert secret.inputs["secretId"] == "HF_TOKEN"
     assert secret.inputs["replication"] == {"auto": {}}
-    assert secret.parent_type == "gemma-stack:secrets:HuggingFaceToken"
+    assert secret.parent_type == "gemma-stack:secrets:StoredSecret"
     version = run.one("gcp:secretmanager/secretVersion:SecretVersion")
     assert version.input_is_secret("secretData")
     assert "secretData" in version.options["additionalSecretOutputs"]
@@ -34,17 +34,38 @@ def test_plain_token_input_is_still_marked_secret_and_access_is_per_secret(tmp_p
     run = run_snippet(
         """
 import pulumi
-from components.secrets import HuggingFaceToken, HuggingFaceTokenArgs
-token = HuggingFaceToken("hf", HuggingFaceTokenArgs(
-    project_id="p-123456", token=pulumi.Output.from_input("hf_plain"), secret_id="HF_TOKEN"))
+from components.secrets import StoredSecret, StoredSecretArgs
+token = StoredSecret("hf", StoredSecretArgs(
+    project_id="p-123456", value=pulumi.Output.from_input("hf_plain"), secret_id="HF_TOKEN"))
 token.grant_access("hf-reader", "serviceAccount:svc@p-123456.iam.gserviceaccount.com")
-pulumi.export("token", token.token)
+pulumi.export("token", token.value)
+pulumi.export("stored", token.stored_value)
 """,
         tmp_path,
     )
     assert run.one("gcp:secretmanager/secretVersion:SecretVersion").input_is_secret("secretData")
-    assert "token" in run.secret_outputs
+    assert {"token", "stored"} <= run.secret_outputs
     grant = run.one("gcp:secretmanager/secretIamMember:SecretIamMember")
     assert grant.inputs["role"] == "roles/secretmanager.secretAccessor"
     assert grant.inputs["secretId"] == "HF_TOKEN"
     assert grant.inputs["member"] == "serviceAccount:svc@p-123456.iam.gserviceaccount.com"
+
+
+def test_login_credentials_live_in_secret_manager_and_reach_the_pod_by_reference() -> None:
+    run = run_program(
+        overrides={
+            "gemma-stack:chatExposure": "login",
+            "gemma-stack:chatLoginPassword": "s3cret-pw",
+        }
+    )
+    secrets = {s.inputs["secretId"] for s in run.of_type("gcp:secretmanager/secret:Secret")}
+    assert secrets == {"HF_TOKEN", "chat-login"}
+    holders = sorted(r.name for r in run.resources if "s3cret-pw" in json.dumps(r.inputs))
+    assert holders == ["chat-login", "chat-login-credentials-version"]
+    assert run.named("chat-login").type == "kubernetes:core/v1:Secret"
+    assert run.named("chat-login").input_is_secret("stringData")
+    (container,) = run.named("chat-deployment").inputs["spec"]["template"]["spec"]["containers"]
+    (credentials,) = [e for e in container["env"] if e["name"] == "LOGIN_CREDENTIALS"]
+    assert "secretKeyRef" in credentials["valueFrom"]
+    assert run.outputs["chatLoginSecret"] == "chat-login"
+    assert run.outputs["chatLoginUser"] == "chat"
