@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from devtools.firestore_emulator import FirestoreEmulator, free_port  # noqa: E402
-from tests.chat.misbehaving_backend import MisbehavingBackend  # noqa: E402
-from tests.chat.stack import (  # noqa: E402
+from devtools.firestore_emulator import FirestoreEmulator, free_port
+from tests.chat.misbehaving_backend import MisbehavingBackend
+from tests.chat.stack import (
     DATABASE,
     REPLY,
     USERS,
@@ -30,6 +26,8 @@ from tests.chat.stack import (  # noqa: E402
     image_layout,
     start_process,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

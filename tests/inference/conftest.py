@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess, start_server  # noqa: E402
-
-from app.inference.tiny_model import build_tiny_gemma3  # noqa: E402
-from devtools.gcs_emulator import GcsEmulator  # noqa: E402
+from app.inference.tiny_model import build_tiny_gemma3
+from devtools.gcs_emulator import GcsEmulator
+from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess, start_server
 
 
 @pytest.fixture(scope="session")

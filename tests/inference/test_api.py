@@ -8,7 +8,8 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess
+
+from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess
 
 MODEL = "gemma-sql"  # SERVED_MODEL_NAME defaults to the folder name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from inference_fixtures import REPO
+from tests.inference.inference_fixtures import REPO
 
 APP = REPO / "app" / "inference"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from inference_fixtures import SCRIPTED_REPLY
 
 from app.inference.engine import PromptError, SamplingParams, stream_generate
 from app.inference.routes_generate import sql_user_turn
 from app.inference.transformers_engine import TransformersEngine
+from tests.inference.inference_fixtures import SCRIPTED_REPLY
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from inference_fixtures import API_KEY, ServerProcess, start_server
 from schemathesis import GenerationMode
+
+from tests.inference.inference_fixtures import API_KEY, ServerProcess, start_server
 
 TIME_BUDGET_S = 40
 EXAMPLES_PER_OPERATION_AND_MODE = 25

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from inference_fixtures import ServerProcess, start_server
+
+from tests.inference.inference_fixtures import ServerProcess, start_server
 
 CHAT = "/v1/chat/completions"
 

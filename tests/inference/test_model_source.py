@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from inference_fixtures import REPO
 
 from app.inference import model_source
 from app.inference.model_source import (
@@ -22,6 +21,7 @@ from app.inference.model_source import (
     validate_model_dir,
 )
 from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator, free_port
+from tests.inference.inference_fixtures import REPO
 
 
 def _copy_without(source: Path, target: Path, *missing: str) -> Path:

@@ -1,15 +1,8 @@
 """Fixtures for the tuning-dataset tests: valid text and chat datasets in BRIEF's shapes."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tuning_samples import chat_example, text_example  # noqa: E402
+from tests.tuning.tuning_samples import chat_example, text_example
 
 
 @pytest.fixture

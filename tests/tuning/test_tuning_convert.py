@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tuning_samples import chat_example, text_example, write_lines
 
 from app.tuning.convert import convert_file
 from app.tuning.validate import UnreadableDatasetError, validate_file
+from tests.tuning.tuning_samples import chat_example, text_example, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 

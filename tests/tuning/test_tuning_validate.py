@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tuning_samples import chat_example, text_example, write_lines
 
 from app.tuning.report import render_text
 from app.tuning.validate import Report, validate_file
+from tests.tuning.tuning_samples import chat_example, text_example, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
