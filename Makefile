@@ -14,7 +14,7 @@ help:
 # One environment for development and tests; `pulumi up` installs only requirements.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt app/tuning/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 # checkov pins its own dependencies, so it lives in a tool environment of its own.
 $(CHECKOV)/.installed: policy/checkov/requirements.txt
 	test -x $(CHECKOV)/bin/python || $(PYTHON) -m venv $(CHECKOV)
-	$(CHECKOV)/bin/python -m pip install --quiet --disable-pip-version-check -r policy/checkov/requirements.txt
+	$(CHECKOV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check -r policy/checkov/requirements.txt
 	touch $@
 
 # Java, the Firestore emulator and (for tests) Chromium; installs only what is missing.
