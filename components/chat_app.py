@@ -14,14 +14,13 @@ import pulumi_kubernetes as kubernetes
 
 from components.cloud_run_gpu_service import CloudRunGpuService
 from components.gemma_on_gke import GemmaOnGke
+from components.pod_security import restricted_container, restricted_pod
 
 BackendKind = Literal["openai", "gemini"]
 BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
-# Matches the image's USER; checkov (CKV_K8S_40) wants uids >= 10000, clear of host users.
-RUN_AS_UID = 10001
 AUTH_ANNOTATION = "gemma-stack/auth"
 _AUTH_MODE: dict[Exposure, str] = {"internal": "none", "iap": "iap", "login": "login"}
 _BACKEND_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -295,15 +294,7 @@ class ChatApp(pulumi.ComponentResource):
                         service_account_name=args.ksa_name,
                         # Google APIs use the Workload Identity metadata server, not this token.
                         automount_service_account_token=False,
-                        security_context=kubernetes.core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True,
-                            run_as_user=RUN_AS_UID,
-                            run_as_group=RUN_AS_UID,
-                            fs_group=RUN_AS_UID,
-                            seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(
-                                type="RuntimeDefault"
-                            ),
-                        ),
+                        security_context=restricted_pod(),
                         containers=[
                             kubernetes.core.v1.ContainerArgs(
                                 name="chat",
@@ -333,18 +324,7 @@ class ChatApp(pulumi.ComponentResource):
                                     timeout_seconds=5,
                                     failure_threshold=3,
                                 ),
-                                security_context=kubernetes.core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    run_as_non_root=True,
-                                    run_as_user=RUN_AS_UID,
-                                    run_as_group=RUN_AS_UID,
-                                    capabilities=kubernetes.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(
-                                        type="RuntimeDefault"
-                                    ),
-                                ),
+                                security_context=restricted_container(),
                                 volume_mounts=[
                                     kubernetes.core.v1.VolumeMountArgs(
                                         name="tmp",

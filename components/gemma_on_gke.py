@@ -8,6 +8,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.pod_security import restricted_container, restricted_pod
+
 # A tag we have read the flags of; upgrading vLLM is a deliberate change.
 VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 VLLM_PORT = 8000
@@ -20,9 +22,6 @@ STARTUP_PERIOD_S = 10
 STARTUP_FAILURE_THRESHOLD = 360
 # Must outlast Autopilot's 10-15 min GPU node provisioning plus the image pull.
 PROGRESS_DEADLINE_S = 1800
-# The vLLM image runs as root by default; it works as any uid once HOME and caches point
-# at writable volumes, so we run it as this unprivileged uid.
-RUN_AS_UID = 10001
 MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/cache"
 # Tells the Pulumi Kubernetes provider not to wait for readiness (GPUs may take hours).
@@ -282,16 +281,9 @@ class GemmaOnGke(pulumi.ComponentResource):
             liveness_probe=kubernetes.core.v1.ProbeArgs(
                 http_get=health, period_seconds=30, timeout_seconds=10, failure_threshold=5
             ),
-            security_context=kubernetes.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False,
-                privileged=False,
-                read_only_root_filesystem=True,
-                run_as_non_root=True,
-                run_as_user=RUN_AS_UID,
-                run_as_group=RUN_AS_UID,
-                capabilities=kubernetes.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-            ),
+            # vLLM's image runs as root by default; it works as any uid once HOME and the
+            # caches point at writable volumes.
+            security_context=restricted_container(),
             volume_mounts=mounts,
             # Re-checks the tag's digest only; cached layers are reused.
             image_pull_policy="Always",
@@ -318,15 +310,7 @@ class GemmaOnGke(pulumi.ComponentResource):
                         service_account_name=args.ksa_name,
                         automount_service_account_token=False,
                         node_selector=dict(L4_SELECTOR),
-                        security_context=kubernetes.core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True,
-                            run_as_user=RUN_AS_UID,
-                            run_as_group=RUN_AS_UID,
-                            fs_group=RUN_AS_UID,
-                            seccomp_profile=kubernetes.core.v1.SeccompProfileArgs(
-                                type="RuntimeDefault"
-                            ),
-                        ),
+                        security_context=restricted_pod(),
                         termination_grace_period_seconds=60,
                         containers=[container],
                         volumes=volumes,
