@@ -623,7 +623,7 @@ def _whole_numbers(value: Any) -> Any:
 def _child_main() -> None:
     # Import by package name so pickled results name `tests.pulumi_harness`, not `__main__`.
     sys.path.insert(0, str(REPO_ROOT))
-    from tests import pulumi_harness  # noqa: PLC0415 - the path is set just above
+    from tests import pulumi_harness  # noqa: PLC0415, PLW0406 - as a package, not __main__
 
     encoded, secret_keys, main = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main))
