@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .core import MANDATORY, ResourceRule, RuleContext, StackResource, StackRule, is_unknown
+from .core import (
+    MANDATORY,
+    ResourceRule,
+    RuleContext,
+    StackResource,
+    StackRule,
+    as_list,
+    is_unknown,
+)
 from .iam import iam_grants, is_compute_default_sa
 from .secrets import literal_secret_args, literal_secret_envs
 
@@ -130,14 +138,14 @@ def _no_secret_literals(
     messages = []
     for container in containers_of(resource_type, props):
         name = container.get("name") or "container"
-        for env_name in literal_secret_envs(container.get("envs") or []):
+        for env_name in literal_secret_envs(as_list(container.get("envs"))):
             messages.append(
                 f"Container {name!r} sets {env_name} as a literal env value. Keep the value in "
                 "Secret Manager and reference it with envs[].valueSource.secretKeyRef "
                 "(secret + version); grant the runtime service account "
                 "roles/secretmanager.secretAccessor on that secret only."
             )
-        args = list(container.get("args") or []) + list(container.get("commands") or [])
+        args = as_list(container.get("args")) + as_list(container.get("commands"))
         for flag in literal_secret_args(args):
             messages.append(
                 f"Container {name!r} passes a credential on its command line ({flag}). Read it "

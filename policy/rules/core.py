@@ -48,6 +48,18 @@ def is_unknown(value: object) -> bool:
     return isinstance(value, str) and value in _UNKNOWN_SENTINELS
 
 
+# Any property may be unknown (a sentinel string) or malformed; a rule that raised would stop
+# `pulumi preview` for everyone, so rules read nested values through these two.
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """`value` if it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 @dataclass(frozen=True)
 class RuleContext:
     """What a rule may know besides the resource: the stack it is about to change."""

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .core import ADVISORY, MANDATORY, ResourceRule, RuleContext, is_unknown
+from .core import ADVISORY, MANDATORY, ResourceRule, RuleContext, as_list, as_mapping, is_unknown
 
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 # PROJECT_NUMBER-compute@developer.gserviceaccount.com, which holds Editor in most projects.
@@ -39,9 +39,7 @@ def iam_grants(resource_type: str, props: Mapping[str, Any]) -> list[tuple[str, 
     if kind == "member":
         return [(str(props.get("role", "")), str(props.get("member", "")))]
     if kind == "binding":
-        members = props.get("members") or []
-        members = [] if is_unknown(members) else members
-        return [(str(props.get("role", "")), str(m)) for m in members]
+        return [(str(props.get("role", "")), str(m)) for m in as_list(props.get("members"))]
     if kind == "policy":
         return _policy_grants(props.get("policyData"))
     return []
@@ -58,10 +56,10 @@ def _policy_grants(policy_data: Any) -> list[tuple[str, str]]:
     if not isinstance(policy_data, Mapping):
         return []
     grants: list[tuple[str, str]] = []
-    for binding in policy_data.get("bindings") or []:
-        if isinstance(binding, Mapping):
-            role = str(binding.get("role", ""))
-            grants.extend((role, str(member)) for member in binding.get("members") or [])
+    for entry in as_list(policy_data.get("bindings")):
+        binding = as_mapping(entry)
+        role = str(binding.get("role", ""))
+        grants.extend((role, str(member)) for member in as_list(binding.get("members")))
     return grants
 
 
@@ -113,11 +111,11 @@ def _gke_node_service_account(
     del resource_type, context
     if props.get("enableAutopilot") is True:
         path = "clusterAutoscaling.autoProvisioningDefaults.serviceAccount"
-        defaults = (props.get("clusterAutoscaling") or {}).get("autoProvisioningDefaults") or {}
-        account = defaults.get("serviceAccount")
+        autoscaling = as_mapping(props.get("clusterAutoscaling"))
+        account = as_mapping(autoscaling.get("autoProvisioningDefaults")).get("serviceAccount")
     else:
         path = "nodeConfig.serviceAccount"
-        account = (props.get("nodeConfig") or {}).get("serviceAccount")
+        account = as_mapping(props.get("nodeConfig")).get("serviceAccount")
     if is_unknown(account) or (account and not is_compute_default_sa(str(account))):
         return []
     return [

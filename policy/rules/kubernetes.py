@@ -13,6 +13,8 @@ from .core import (
     RuleContext,
     StackResource,
     StackRule,
+    as_list,
+    as_mapping,
     is_unknown,
 )
 from .secrets import literal_secret_args, literal_secret_envs
@@ -173,14 +175,14 @@ def _secrets_by_reference(
     messages = []
     for container in _all_containers(pod_spec(resource_type, props)):
         name = container.get("name") or "container"
-        for env_name in literal_secret_envs(container.get("env") or []):
+        for env_name in literal_secret_envs(as_list(container.get("env"))):
             messages.append(
                 f"Container {name!r} sets {env_name} as a literal env value, which lands in "
                 "the Deployment spec, `kubectl describe` and Pulumi state. Put the value in a "
                 "Kubernetes Secret (created from Secret Manager) and use "
                 "env[].valueFrom.secretKeyRef."
             )
-        args = list(container.get("args") or []) + list(container.get("command") or [])
+        args = as_list(container.get("args")) + as_list(container.get("command"))
         for flag in literal_secret_args(args):
             messages.append(
                 f"Container {name!r} passes a credential on its command line ({flag}), visible "
@@ -191,13 +193,17 @@ def _secrets_by_reference(
 
 def _hardening_findings(spec: Mapping[str, Any]) -> list[str]:
     """What keeps a pod from the restricted profile: root, escalation, no seccomp."""
-    pod_security = spec.get("securityContext") or {}
+    if is_unknown(spec.get("securityContext")):
+        return []  # known only after `pulumi up`
+    pod_security = as_mapping(spec.get("securityContext"))
     pod_non_root = pod_security.get("runAsNonRoot") is True
     pod_seccomp = _dig(pod_security, ("seccompProfile", "type")) == "RuntimeDefault"
     findings = []
     for container in _all_containers(spec):
         name = container.get("name") or "container"
-        security = container.get("securityContext") or {}
+        if is_unknown(container.get("securityContext")):
+            continue
+        security = as_mapping(container.get("securityContext"))
         non_root = security.get("runAsNonRoot")
         if not (non_root is True or (non_root is None and pod_non_root)):
             findings.append(f"{name!r} may run as root (set runAsNonRoot: true)")
@@ -254,7 +260,7 @@ def _load_balancer_auth(
     name = _dig(props, ("metadata", "name")) or resource_type.rsplit(":", 1)[-1]
     if resource_type == INGRESS:
         ingress_class = str(annotations.get(INGRESS_CLASS_ANNOTATION, "")).lower()
-        if ingress_class == "gce-internal" or is_unknown(auth) or auth in {"iap", "app-login"}:
+        if ingress_class == "gce-internal" or is_unknown(auth) or auth in ("iap", "app-login"):
             return []
         return [
             f"Ingress {name!r} publishes the app on an external HTTPS load balancer with no "
@@ -279,6 +285,11 @@ def _load_balancer_auth(
     ]
 
 
+def _object_name(props: Mapping[str, Any]) -> str:
+    name = _dig(props, ("metadata", "name"))
+    return name if isinstance(name, str) else ""
+
+
 def _backend_config_names(service: StackResource) -> set[str]:
     names: set[str] = set()
     for key in BACKEND_CONFIG_ANNOTATIONS:
@@ -299,10 +310,10 @@ def _backend_config_names(service: StackResource) -> set[str]:
 
 
 def _ingress_backends(ingress: StackResource) -> set[str]:
-    spec = ingress.props.get("spec") or {}
+    spec = as_mapping(ingress.props.get("spec"))
     backends = [_dig(spec, ("defaultBackend", "service", "name"))]
-    for rule in spec.get("rules") or []:
-        for path in _dig(rule, ("http", "paths")) or []:
+    for rule in as_list(spec.get("rules")):
+        for path in as_list(_dig(rule, ("http", "paths"))):
             backends.append(_dig(path, ("backend", "service", "name")))
     return {b for b in backends if isinstance(b, str)}
 
@@ -312,9 +323,9 @@ def _iap_is_configured(
 ) -> list[tuple[str, str]]:
     """An Ingress that says `iap` must reach only Services whose BackendConfig enables IAP."""
     del context
-    services = {_dig(r.props, ("metadata", "name")): r for r in resources if r.type == SERVICE}
+    services = {_object_name(r.props): r for r in resources if r.type == SERVICE}
     iap_configs = {
-        _dig(r.props, ("metadata", "name"))
+        _object_name(r.props)
         for r in resources
         if r.type == BACKEND_CONFIG and _dig(r.props, ("spec", "iap", "enabled")) is True
     }
