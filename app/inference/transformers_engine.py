@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,27 @@ logger = logging.getLogger(__name__)
 TURN_STOP_TOKENS = ("<end_of_turn>", "<start_of_turn>", "<eos>", "<|im_end|>", "<|eot_id|>")
 
 
+# Cloud Run and GKE expose an attached GPU as this device file.
+NVIDIA_DEVICE = Path("/dev/nvidia0")
+
+
 def pick_device_and_dtype(dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """bf16 on a GPU, float32 on CPU, unless ``dtype`` says otherwise."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cuda = torch.cuda.is_available()
+    if not cuda and NVIDIA_DEVICE.exists():
+        # Running on CPU next to a paid-for GPU is slow and silent; say why and stop instead.
+        reason = "; ".join(str(w.message).strip().splitlines()[0] for w in caught) or (
+            "torch.cuda.is_available() is False"
+        )
+        raise RuntimeError(
+            f"an NVIDIA GPU is attached ({NVIDIA_DEVICE}) but torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}) cannot use it: {reason}. The NVIDIA driver is "
+            "probably older than this torch build needs: install a torch wheel built for the "
+            "driver's CUDA version (nvidia-smi shows it) in the image."
+        )
+    device = torch.device("cuda" if cuda else "cpu")
     if dtype == "auto":
         return device, torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, getattr(torch, dtype)
@@ -206,6 +225,10 @@ class TransformersEngine(Engine):
         except jinja2.TemplateError as error:
             raise PromptError(f"the chat template rejected these messages: {error}") from error
 
+    def _top_k(self, requested: int | None) -> int:
+        # None means the model's default; 0 means no top-k cut, as in vLLM and Gemini.
+        return int(self.default_top_k or 0) if requested is None else requested
+
     def encode(self, prompt: str, *, chat: bool) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=not chat))
 
@@ -225,12 +248,13 @@ class TransformersEngine(Engine):
             do_sample=not greedy,
             temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p,
-            top_k=None if greedy else (params.top_k or self.default_top_k or 0),
+            top_k=None if greedy else self._top_k(params.top_k),
             eos_token_id=sorted(self.stop_ids),
             pad_token_id=self.pad_id,
         )
         if params.seed is not None:
-            torch.manual_seed(params.seed)
+            # Any integer a client sends is a valid seed; torch only takes 64 bits.
+            torch.manual_seed(params.seed % 2**64)
         input_ids = torch.tensor([prompt_ids], device=self.device)
         self.model.generate(
             input_ids=input_ids,

@@ -237,6 +237,14 @@ def test_gemini_errors_use_gemini_format(gemini: genai.Client, http: httpx.Clien
     assert "maxOutputTokens" in response.json()["error"]["message"]
 
 
+def test_any_integer_seed_is_accepted(http: httpx.Client) -> None:
+    huge = 2**80
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": huge}
+    assert http.post("/v1/chat/completions", json=chat).status_code == 200
+    gemini = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"seed": huge}}
+    assert http.post(f"/v1beta/models/{MODEL}:generateContent", json=gemini).status_code == 200
+
+
 def test_generate_errors(http: httpx.Client) -> None:
     response = http.post("/generate", json={"type": "poem", "prompt": "x"})
     assert response.status_code == 400

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.inference import transformers_engine
 from app.inference.engine import PromptError, SamplingParams, stream_generate
 from app.inference.routes_generate import sql_user_turn
-from app.inference.transformers_engine import TransformersEngine
+from app.inference.transformers_engine import TransformersEngine, pick_device_and_dtype
 from tests.inference.inference_fixtures import SCRIPTED_REPLY
 
 
@@ -146,3 +147,37 @@ async def test_stream_generate_leaving_early_frees_the_worker(
     done = asyncio.get_running_loop().run_in_executor(executor, lambda: "free")
     assert await asyncio.wait_for(done, timeout=5) == "free"
     executor.shutdown()
+
+
+def test_any_integer_seed_is_accepted_and_reproducible(random_engine: TransformersEngine) -> None:
+    # Clients send seeds beyond torch's 64 bits (or negative); that was a 500.
+    ids = _chat_ids(random_engine)
+    runs = [
+        random_engine.generate(ids, SamplingParams(max_tokens=8, seed=seed)).text
+        for seed in (2**70 + 5, 2**70 + 5, -3)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[2]
+
+
+def test_top_k_zero_turns_the_cut_off(
+    random_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(random_engine, "default_top_k", 64)  # Gemma 3's generation_config
+    assert random_engine._top_k(None) == 64
+    assert random_engine._top_k(0) == 0
+    assert random_engine._top_k(7) == 7
+
+
+def test_a_gpu_that_torch_cannot_use_stops_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use a GPU here")
+    assert pick_device_and_dtype()[0].type == "cpu"  # no GPU device file: CPU is right
+    fake_gpu = tmp_path / "nvidia0"
+    fake_gpu.touch()
+    monkeypatch.setattr(transformers_engine, "NVIDIA_DEVICE", fake_gpu)
+    # This machine's torch cannot use any GPU, like a CUDA 13 wheel on an older driver.
+    with pytest.raises(RuntimeError, match=r"GPU is attached .* cannot use it.*driver"):
+        pick_device_and_dtype()
