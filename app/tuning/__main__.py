@@ -89,7 +89,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"error: cannot write {args.out}: {err.strerror}", file=sys.stderr)
         return EXIT_ERRORS
     if result.errors:
-        print(f"{args.file}: not converted; {result.errors:,} errors, {args.out} not written:")
+        errors = f"{result.errors:,} error{'' if result.errors == 1 else 's'}"
+        print(f"{args.file}: not converted; {errors}, {args.out} not written:")
         for finding in result.findings:
             print(f"  line {finding.line}  [{finding.rule}] {finding.message}")
         if result.errors > len(result.findings):
@@ -101,6 +102,7 @@ def _convert(args: argparse.Namespace) -> int:
     )
     check = validate_file(args.out, args.to)
     if check.exit_code == EXIT_ERRORS:
+        print(f"{args.out} is written but fails its own checks; fix the input and convert again:")
         print(render_text(check))
         return EXIT_ERRORS
     print(f"checked {args.out}: {check.errors:,} errors, {check.warnings:,} warnings")

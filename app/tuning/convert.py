@@ -112,7 +112,7 @@ def convert_file(
     source, out = Path(source), Path(out)
     if to not in WRITERS:
         raise ValueError(f"--to must be one of {', '.join(WRITERS)}, got {to!r}")
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
+    if out.exists() and source.exists() and out.samefile(source):
         raise UnreadableDatasetError(f"{out} is the input file; write the conversion to a new file")
     write = WRITERS[to]
     result = Conversion(source_format="sql" if sql else (None if fmt == "auto" else fmt))
@@ -122,14 +122,12 @@ def convert_file(
         try:
             with partial.open("w", encoding="utf-8") as sink:
                 _convert_lines(stream, sink, parse, write, result)
-        except BaseException:
+            if result.errors:
+                result.written = 0
+            else:
+                partial.replace(out)
+        finally:
             partial.unlink(missing_ok=True)
-            raise
-    if result.errors:
-        partial.unlink()
-        result.written = 0
-    else:
-        partial.replace(out)
     return result
 
 
@@ -142,11 +140,7 @@ def _convert_lines(
 ) -> None:
     for line, raw in enumerate(stream, 1):
         if not raw.strip():
-            result.add(
-                Finding(
-                    "error", rules.RULE_JSON, line, "blank line; JSONL needs one example per line"
-                )
-            )
+            result.add(Finding("error", rules.RULE_JSON, line, rules.BLANK_LINE))
             continue
         obj, problem = rules.load_example(raw.removeprefix(codecs.BOM_UTF8) if line == 1 else raw)
         if obj is None:
@@ -155,7 +149,7 @@ def _convert_lines(
         if parse is None:
             detected = rules.detect_format(obj)
             if detected is None:
-                result.add(Finding("error", rules.RULE_FORMAT, line, "cannot tell the format"))
+                result.add(Finding("error", rules.RULE_FORMAT, line, rules.UNKNOWN_FORMAT))
                 continue
             result.source_format = detected
             parse = rules.PARSERS[detected]

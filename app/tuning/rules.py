@@ -107,6 +107,21 @@ def nonempty_str(
     if not value.strip():
         out.append(Finding("error", RULE_EMPTY, line, f"`{where}` is empty"))
         return None
+    try:
+        value.encode()
+    except UnicodeEncodeError as err:
+        # JSON allows "\ud800" escapes that no UTF-8 reader or tokenizer accepts.
+        out.append(
+            Finding(
+                "error",
+                RULE_FIELDS,
+                line,
+                f"`{where}` has an unpaired surrogate escape (\\u{ord(value[err.start]):04x}) "
+                f"at character {err.start + 1}, which is not Unicode text; fix the text that "
+                "wrote it (often a string cut in the middle of an emoji)",
+            )
+        )
+        return None
     return value
 
 
@@ -137,8 +152,12 @@ def _turns(
     roles: tuple[str, str],
     read_text: Callable[[dict[str, Any], str, list[Finding]], str | None],
     found: list[Finding],
+    system_hint: str,
 ) -> list[tuple[str, str]]:
-    """Checks a list of turns and returns (user|model, text) pairs; `roles` names user, model."""
+    """Checks a list of turns and returns (user|model, text) pairs; `roles` names user, model.
+
+    `system_hint` says where this format keeps a system prompt, for turns that claim that role.
+    """
     if not isinstance(turns, list):
         found.append(
             Finding(
@@ -168,12 +187,18 @@ def _turns(
             continue
         role = turn.get(role_key)
         if role not in roles:
+            hint = ""
+            if role == "system":
+                hint = f"; {system_hint}"
+            elif role in {"assistant", "model"}:
+                hint = f"; this format calls the answering turn {roles[1]!r}"
             found.append(
                 Finding(
                     "error",
                     RULE_FIELDS,
                     line,
-                    f"`{where}.{role_key}` must be {roles[0]!r} or {roles[1]!r}, got {role!r}",
+                    f"`{where}.{role_key}` must be {roles[0]!r} or {roles[1]!r}, got {role!r}"
+                    + hint,
                 )
             )
             continue
@@ -183,7 +208,7 @@ def _turns(
                     "error",
                     RULE_TURNS,
                     line,
-                    f"`{where}` is a {role!r} turn where a {expected!r} turn was expected "
+                    f"`{where}` is a turn by {role!r} where one by {expected!r} was expected "
                     f"({roles[0]} and {roles[1]} must alternate, starting with {roles[0]})",
                 )
             )
@@ -197,7 +222,8 @@ def _turns(
                 "error",
                 RULE_TURNS,
                 line,
-                f"the last turn is {roles[0]!r}; an example must end with a {roles[1]!r} turn",
+                f"the last turn is by {roles[0]!r}; an example must end with a turn by "
+                f"{roles[1]!r} (the answer to learn): add it or drop the trailing turn",
             )
         )
     return out
@@ -267,6 +293,7 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example:
             roles=("user", "assistant"),
             read_text=read,
             found=found,
+            system_hint="put a system prompt in the example's `context` field instead",
         )
     texts.extend(turns)
     first_user = next((t for k, t in turns if k == "user"), "")
@@ -297,6 +324,7 @@ def parse_gemma(obj: dict[str, Any], line: int) -> Example:
             roles=("user", "model"),
             read_text=_content_reader("content", line),
             found=found,
+            system_hint="Gemma has no system role: put it at the start of the first user turn",
         )
     first_user = next((t for k, t in turns if k == "user"), "")
     return Example(
@@ -337,6 +365,7 @@ def parse_gemini(obj: dict[str, Any], line: int) -> Example:
             roles=("user", "model"),
             read_text=_parts_reader(line),
             found=found,
+            system_hint="put a system prompt in `systemInstruction` instead",
         )
     texts.extend(turns)
     first_user = next((t for k, t in turns if k == "user"), "")
@@ -356,14 +385,38 @@ PARSERS: dict[str, Parser] = {
 }
 
 
+BLANK_LINE = "blank line; JSONL needs exactly one example per line"
+UNKNOWN_FORMAT = (
+    "cannot tell the format: expected `input_text`/`output_text` (text), `messages` with "
+    "`author` (chat), `messages` with `role` (gemma) or `contents` (gemini-tuning)"
+)
+
+
 def load_example(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """Parses one JSONL line into an object, or returns None and what is wrong with it."""
     try:
-        obj = json.loads(raw)
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text; save the file as UTF-8"
+        # Decoded here: json.loads(bytes) would guess UTF-16 or UTF-32 from the first bytes.
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        return None, (
+            f"not UTF-8 text (byte 0x{raw[err.start]:02x} at byte {err.start + 1}); "
+            "save the file as UTF-8"
+        )
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as err:
-        return None, f"not valid JSON: {err.msg} at column {err.pos + 1}"
+        hint = ""
+        if text.strip() in {"[", "{"}:
+            hint = (
+                "; this looks like pretty-printed JSON, but JSONL needs each example as one "
+                "JSON object on a single line"
+            )
+        return None, f"not valid JSON: {err.msg} at column {err.pos + 1}{hint}"
+    if isinstance(obj, list):
+        return None, (
+            "each line must be a JSON object, got array; if the file is one JSON array of "
+            "examples, write each element on its own line instead"
+        )
     if not isinstance(obj, dict):
         return None, f"each line must be a JSON object, got {json_type(obj)}"
     return obj, ""

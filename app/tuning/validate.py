@@ -188,6 +188,7 @@ class Report:
     left_out: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Histogram] = field(default_factory=dict)
     seconds: float = 0.0
+    _kept: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def add(self, finding: Finding) -> None:
         if finding.severity == "error":
@@ -201,9 +202,6 @@ class Report:
             self._kept[key] = kept + 1
         else:
             self.left_out[key] = self.left_out.get(key, 0) + 1
-
-    def __post_init__(self) -> None:
-        self._kept: dict[str, int] = {}
 
     def stat(self, name: str, value: int) -> None:
         hist = self.stats.get(name)
@@ -394,14 +392,24 @@ def _check_count(report: Report) -> None:
 
 
 def open_dataset(path: Path) -> BinaryIO:
+    """Opens a dataset for reading lines as bytes; refuses files that are not UTF-8 at all."""
     try:
-        return path.open("rb")
+        stream = path.open("rb")
     except FileNotFoundError as err:
         raise UnreadableDatasetError(f"{path}: no such file") from err
     except IsADirectoryError as err:
         raise UnreadableDatasetError(f"{path} is a directory; give a JSONL file") from err
     except OSError as err:
         raise UnreadableDatasetError(f"{path} cannot be read: {err.strerror}") from err
+    # Windows tools often save UTF-16; split on b"\n" it would give one error per line.
+    start = stream.peek(4)[:4]
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in start:
+        stream.close()
+        raise UnreadableDatasetError(
+            f"{path} is UTF-16 or UTF-32 text, not UTF-8; save it as UTF-8 (in PowerShell: "
+            "Get-Content IN | Set-Content -Encoding utf8 OUT)"
+        )
+    return stream
 
 
 class _Pass:
@@ -436,9 +444,7 @@ class _Pass:
         report = self.report
         report.lines = line
         if not raw.strip():
-            self.error(
-                rules.RULE_JSON, line, "blank line; JSONL needs exactly one example per line"
-            )
+            self.error(rules.RULE_JSON, line, rules.BLANK_LINE)
             return
         report.examples += 1
         if line == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -460,13 +466,7 @@ class _Pass:
             detected = rules.detect_format(obj)
             if detected is None:
                 report.invalid_examples += 1
-                self.error(
-                    rules.RULE_FORMAT,
-                    line,
-                    "cannot tell the format: expected `input_text`/`output_text` (text), "
-                    "`messages` with `author` (chat), `messages` with `role` (gemma) or "
-                    "`contents` (gemini-tuning)",
-                )
+                self.error(rules.RULE_FORMAT, line, rules.UNKNOWN_FORMAT)
                 return
             report.format = detected
             self.format_line = line

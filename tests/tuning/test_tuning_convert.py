@@ -208,3 +208,30 @@ def test_refuses_to_overwrite_its_input(tmp_path: Path, text_rows: list[object])
     with pytest.raises(UnreadableDatasetError, match="is the input file"):
         convert_file(source, "gemma", source)
     assert source.read_bytes() == before
+
+
+def test_unwritable_out_leaves_no_partial_file(tmp_path: Path, text_rows: list[object]) -> None:
+    source = write_lines(tmp_path / "t.jsonl", text_rows)
+    out = tmp_path / "out"
+    out.mkdir()  # the final rename onto a directory fails after every line converted
+    with pytest.raises(IsADirectoryError):
+        convert_file(source, "gemma", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "t.jsonl"]
+
+
+def test_refuses_a_hard_link_to_its_input(tmp_path: Path, text_rows: list[object]) -> None:
+    source = write_lines(tmp_path / "t.jsonl", text_rows)
+    link = tmp_path / "link.jsonl"
+    link.hardlink_to(source)
+    with pytest.raises(UnreadableDatasetError, match="is the input file"):
+        convert_file(source, "gemma", link)
+
+
+def test_text_that_is_not_unicode_is_reported_not_written(
+    tmp_path: Path, text_rows: list[object]
+) -> None:
+    text_rows[3] = '{"input_text": "cut emoji \\ud83d", "output_text": "x"}'
+    out = tmp_path / "out.jsonl"
+    result = convert_file(write_lines(tmp_path / "t.jsonl", text_rows), "gemini-tuning", out)
+    assert [(f.line, f.rule) for f in result.findings] == [(4, "fields")]
+    assert not out.exists()

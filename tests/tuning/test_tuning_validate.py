@@ -131,7 +131,8 @@ def test_cli_chat_turns_rule(tmp_path: Path, chat_rows: list[object]) -> None:
     chat_rows[7] = bad
     result = run_cli("validate", "--format", "chat", write_lines(tmp_path / "c.jsonl", chat_rows))
     assert result.returncode == 2
-    assert "must end with a 'assistant' turn" in report_line(result.stdout, 8, "turns")
+    row = report_line(result.stdout, 8, "turns")
+    assert "must end with a turn by 'assistant' (the answer to learn)" in row
 
 
 # (description, line index to replace (0-based), replacement, expected findings, exit code)
@@ -429,3 +430,79 @@ def test_mixed_formats_name_the_odd_line(tmp_path: Path, text_rows: list[object]
         "looks like a chat example in a text dataset (format from line 1)" in f.message
         for f in report.findings
     )
+
+
+def test_cli_utf16_file_is_one_clear_exit_2(tmp_path: Path, text_rows: list[object]) -> None:
+    dataset = write_lines(tmp_path / "t.jsonl", text_rows)
+    # What PowerShell's `>` writes: UTF-16 with a byte-order mark.
+    dataset.write_bytes(dataset.read_text().encode("utf-16"))
+    result = run_cli("validate", dataset)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: {dataset} is UTF-16 or UTF-32 text")
+    assert "save it as UTF-8" in result.stderr
+    assert result.stdout == ""
+
+
+# (line content, the message's start, how it says what to do)
+MESSAGE_CASES = [
+    (
+        b'{"input_text": "caf\xe9", "output_text": "x"}',
+        "not UTF-8 text (byte 0xe9 at byte 20)",
+        "save the file as UTF-8",
+    ),
+    (
+        '[{"input_text": "a", "output_text": "b"}]',
+        "each line must be a JSON object, got array",
+        "write each element on its own line",
+    ),
+    ("[", "not valid JSON", "looks like pretty-printed JSON"),
+    (
+        '{"input_text": "\\ud83d", "output_text": "x"}',
+        "`input_text` has an unpaired surrogate escape (\\ud83d)",
+        "fix the text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "problem", "advice"), MESSAGE_CASES)
+def test_line_messages_say_what_is_wrong_and_what_to_do(
+    tmp_path: Path, text_rows: list[object], content: object, problem: str, advice: str
+) -> None:
+    text_rows[8] = content
+    report = validate_file(write_lines(tmp_path / "t.jsonl", text_rows))
+    (finding,) = report.findings
+    assert (finding.severity, finding.line) == ("error", 9)
+    assert finding.message.startswith(problem), finding.message
+    assert advice in finding.message
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "advice"),
+    [
+        (
+            "chat",
+            {"messages": [{"author": "system", "content": "be brief"}]},
+            "put a system prompt in the example's `context` field instead",
+        ),
+        (
+            "gemma",
+            {"messages": [{"role": "system", "content": "be brief"}]},
+            "Gemma has no system role",
+        ),
+        (
+            "gemini-tuning",
+            {"contents": [{"role": "system", "parts": [{"text": "be brief"}]}]},
+            "put a system prompt in `systemInstruction` instead",
+        ),
+        (
+            "gemma",
+            {"messages": [{"role": "assistant", "content": "a"}]},
+            "this format calls the answering turn 'model'",
+        ),
+    ],
+)
+def test_a_wrong_role_says_where_it_belongs(
+    tmp_path: Path, fmt: str, record: dict[str, object], advice: str
+) -> None:
+    report = validate_file(write_lines(tmp_path / "d.jsonl", [record]), fmt)
+    assert advice in next(f.message for f in report.findings if f.rule == "fields")
