@@ -193,10 +193,10 @@ class ImageBuild(pulumi.ComponentResource):
                 "prebuilt image URI in config to skip this build."
             )
         self.tag = source_hash(context)
-        self.image = pulumi.Output.concat(args.registry_url, "/", args.image_name, ":", self.tag)
+        image = pulumi.Output.concat(args.registry_url, "/", args.image_name, ":", self.tag)
         config_path = BUILD_CONFIG.relative_to(Path(__file__).resolve().parents[1])
         create = pulumi.Output.all(
-            args.project_id, args.build_service_account_email, args.staging_bucket, self.image
+            args.project_id, args.build_service_account_email, args.staging_bucket, image
         ).apply(
             lambda v: shlex.join(
                 [
@@ -226,4 +226,7 @@ class ImageBuild(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(create="60m"),
             ),
         )
+        # Resolves once the build has pushed, so a Deployment or Cloud Run revision that uses
+        # the image is created after the image exists, not while Cloud Build still runs.
+        self.image = pulumi.Output.all(self.build.id, image).apply(lambda v: str(v[1]))
         self.register_outputs({"image": self.image, "tag": self.tag})

@@ -161,6 +161,8 @@ def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> Cloud
             if platform.hf_token is None:
                 raise ValueError(f"Cloud Run {service.name} from Hugging Face needs hfToken")
             hf_secret = platform.hf_token.secret_id
+            # The revision reads version `latest`; Cloud Run refuses it until a version exists.
+            common["depends_on"] = (*common["depends_on"], platform.hf_token.version)
         return vllm_gemma(
             **common,
             model_id=service.model or "",

@@ -213,3 +213,15 @@ def test_every_kubernetes_object_of_the_stack_passes_the_schema(
         except kubernetes_validate.ValidationError as err:
             failures.append(f"{manifest['kind']}/{manifest['metadata']['name']}: {err.message}")
     assert failures == []
+
+
+def test_workloads_start_only_after_their_images_and_secrets_exist() -> None:
+    vllm_hf = {"name": "gemma-vllm", "flavour": "vllm", "model": "google/gemma-3-1b-it"}
+    run = run_program(overrides={"gemma-stack:cloudRunServices": [SQL_SERVICE, vllm_hf]})
+    services = {s.inputs["name"]: s for s in run.of_type("gcp:cloudrunv2/service:Service")}
+    # Cloud Run refuses a revision whose image is not pushed yet, or whose secret has no
+    # version; the chat pods would sit in ImagePullBackOff while Cloud Build still runs.
+    assert run.waits_for(services["gemma-sql"], run.named("inference-image-build"))
+    assert run.waits_for(services["gemma-vllm"], run.named("hf-token-version"))
+    assert run.waits_for(run.named("chat-deployment"), run.named("chat-image-build"))
+    assert not run.waits_for(services["gemma-vllm"], run.named("inference-image-build"))
