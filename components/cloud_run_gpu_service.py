@@ -323,8 +323,9 @@ def vllm_gemma(
         image=image,
         model_name=model_id,
         api_kind="openai",
+        # After the image's `vllm serve` entrypoint: the model first, then the flags.
         args=(
-            f"--model={model_arg}",
+            model_arg,
             f"--served-model-name={model_id}",
             "--gpu-memory-utilization=0.90",
             f"--max-model-len={max_model_len}",
@@ -468,7 +469,11 @@ class CloudRunGpuService(pulumi.ComponentResource):
                 gcp.cloudrunv2.ServiceTemplateVolumeArgs(
                     name="model",
                     gcs=gcp.cloudrunv2.ServiceTemplateVolumeGcsArgs(
-                        bucket=args.model_bucket, read_only=True
+                        bucket=args.model_bucket,
+                        read_only=True,
+                        # Folders uploaded with `gcloud storage cp -r` have no directory
+                        # objects; without this the model folder is not visible.
+                        mount_options=["implicit-dirs"],
                     ),
                 )
             )

@@ -239,8 +239,10 @@ class GemmaOnGke(pulumi.ComponentResource):
                 kubernetes.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm")  # noqa: S108
             )
 
+        # The image's entrypoint is `vllm serve`, which takes the model as its first argument
+        # (the `--model` option is deprecated there).
         vllm_args = [
-            f"--model={model_arg}",
+            model_arg,
             f"--served-model-name={served}",
             f"--tensor-parallel-size={args.tensor_parallel}",
             f"--max-model-len={args.max_model_len}",

@@ -219,7 +219,8 @@ def test_vllm_from_hugging_face_reads_the_token_by_secret_reference() -> None:
     )
     assert run.waits_for(run.one(SERVICE), grant)  # Cloud Run checks access at deploy
     args = box["args"]
-    assert "--model=google/gemma-3-1b-it" in args
+    assert args[0] == "google/gemma-3-1b-it"  # `vllm serve MODEL`
+    assert not any(a.startswith("--model") for a in args)
     assert "--gpu-memory-utilization=0.90" in args
     assert "--max-model-len=8192" in args
     assert "--port=8080" in args
@@ -230,10 +231,15 @@ def test_vllm_from_hugging_face_reads_the_token_by_secret_reference() -> None:
 def test_vllm_from_gcs_mounts_the_bucket_read_only_and_reads_only_it() -> None:
     run = deploy(flavour_args("vllm-gcs"))
     tpl = template(run)
-    assert tpl["volumes"] == [{"name": "model", "gcs": {"bucket": "team-models", "readOnly": True}}]
+    assert tpl["volumes"] == [
+        {
+            "name": "model",
+            "gcs": {"bucket": "team-models", "readOnly": True, "mountOptions": ["implicit-dirs"]},
+        }
+    ]
     (box,) = tpl["containers"]
     assert box["volumeMounts"] == [{"name": "model", "mountPath": "/models"}]
-    assert "--model=/models/merged/gemma-3-1b-sql" in box["args"]
+    assert box["args"][0] == "/models/merged/gemma-3-1b-sql"
     assert "--served-model-name=gemma-3-1b-sql" in box["args"]
     grant = run.one("gcp:storage/bucketIAMMember:BucketIAMMember")
     assert grant.inputs == {

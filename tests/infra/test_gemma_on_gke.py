@@ -108,7 +108,9 @@ def test_each_variant_caps_context_and_parallelism(variant: str) -> None:
     assert int(flag(args, "max-model-len")) < 131_072  # the 128K default exhausts an L4
     assert flag(args, "tensor-parallel-size") == str(sizing.tensor_parallel)
     assert flag(args, "max-num-seqs") == str(sizing.max_num_seqs)
-    assert flag(args, "model") == sizing.default_model_id
+    # `vllm serve MODEL`: the model is the first argument, never the deprecated --model.
+    assert args[0] == sizing.default_model_id
+    assert not any(a.startswith("--model=") or a == "--model" for a in args)
     assert flag(args, "served-model-name") == sizing.default_model_id
     assert flag(args, "port") == "8000"
 
@@ -245,7 +247,7 @@ def test_gcs_model_mounts_the_bucket_read_only_and_grants_that_bucket_only() -> 
     vllm = container(run)
     mount = next(m for m in vllm["volumeMounts"] if m["name"] == "model")
     assert mount == {"name": "model", "mountPath": "/models", "readOnly": True}
-    assert flag(vllm["args"], "model") == "/models/merged/gemma-3-1b-sql"
+    assert vllm["args"][0] == "/models/merged/gemma-3-1b-sql"
     assert flag(vllm["args"], "served-model-name") == "gemma-3-1b-sql"
     assert {e["name"]: e.get("value") for e in vllm["env"]}["HF_HUB_OFFLINE"] == "1"
     grants = [r for r in run.resources if "IAM" in r.type or "iam" in r.type.lower()]
