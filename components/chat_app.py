@@ -524,9 +524,13 @@ class ChatApp(pulumi.ComponentResource):
                 member=member,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-        hint = pulumi.Output.from_input(
-            f"Point DNS for {domain} at the Ingress address; grant users "
-            "roles/iap.httpsResourceAccessor (config iapAccessors) to let them in."
+        hint = pulumi.Output.format(
+            "Point DNS for {0} at the address of `kubectl -n {1} get ingress {2}`; the "
+            "certificate and IAP follow within an hour. IAP lets in the members of config "
+            "chatAllowedUsers (roles/iap.httpsResourceAccessor).",
+            domain,
+            args.namespace,
+            args.app_name,
         )
         return pulumi.Output.from_input(f"https://{domain}"), hint
 

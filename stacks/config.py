@@ -583,6 +583,52 @@ def _parse_services(r: _Reader, region: str) -> tuple[CloudRunServiceConfig, ...
     return tuple(services)
 
 
+def _parse_chat_app(
+    r: _Reader, namespace: str, chat_login_password: pulumi.Output[str] | None
+) -> ChatAppConfig:
+    exposure = r.text("chatExposure", ChatAppConfig.exposure)
+    if exposure not in CHAT_EXPOSURES:
+        r.problems.append(
+            f"chatExposure={exposure!r} must be one of {', '.join(CHAT_EXPOSURES)}: internal "
+            "(cluster-internal only, reach it with kubectl port-forward), iap (load balancer "
+            "behind Identity-Aware Proxy) or login (load balancer with the app's own sign-in)."
+        )
+        exposure = "internal"
+    chat_app = ChatAppConfig(
+        enabled=r.flag("chatAppEnabled", ChatAppConfig.enabled),
+        exposure=cast(Exposure, exposure),
+        gemini_model=r.text("geminiModel", ChatAppConfig.gemini_model),
+        gemini_location=r.text("geminiLocation", ChatAppConfig.gemini_location),
+        system_prompt=r.optional_text("chatSystemPrompt"),
+        allowed_users=r.string_list("chatAllowedUsers"),
+        domain=r.optional_text("chatDomain"),
+        namespace=namespace,
+    )
+    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.allowed_users:
+        r.problems.append(
+            "chatExposure=iap needs chatAllowedUsers, the IAM members IAP lets in "
+            '(pulumi config set --path "chatAllowedUsers[0]" user:you@example.com).'
+        )
+    for member in chat_app.allowed_users:
+        if member in {"allUsers", "allAuthenticatedUsers"} or not _MEMBER.match(member):
+            r.problems.append(
+                f"chatAllowedUsers entry {member!r} must name people or groups, such as "
+                "user:ana@example.com or group:ml-team@example.com (IAP lets in exactly these)."
+            )
+    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.domain:
+        r.problems.append(
+            "chatExposure=iap needs chatDomain, the DNS name you will point at the load "
+            "balancer (IAP needs HTTPS and a managed certificate): "
+            "pulumi config set chatDomain chat.example.com."
+        )
+    if chat_app.enabled and chat_app.exposure == "login" and chat_login_password is None:
+        r.problems.append(
+            "chatExposure=login needs the sign-in password as a secret: "
+            "pulumi config set --secret chatLoginPassword <password>."
+        )
+    return chat_app
+
+
 def parse_stack_config(
     values: Mapping[str, str],
     *,
@@ -626,40 +672,7 @@ def parse_stack_config(
     namespace = r.text("namespace", "gemma-stack")
     if not _K8S_NAME.match(namespace):
         r.problems.append(f"namespace={namespace!r} must be a Kubernetes namespace name.")
-    exposure = r.text("chatExposure", ChatAppConfig.exposure)
-    if exposure not in CHAT_EXPOSURES:
-        r.problems.append(
-            f"chatExposure={exposure!r} must be one of {', '.join(CHAT_EXPOSURES)}: internal "
-            "(cluster-internal only, reach it with kubectl port-forward), iap (load balancer "
-            "behind Identity-Aware Proxy) or login (load balancer with the app's own sign-in)."
-        )
-        exposure = "internal"
-    chat_app = ChatAppConfig(
-        enabled=r.flag("chatAppEnabled", ChatAppConfig.enabled),
-        exposure=cast(Exposure, exposure),
-        gemini_model=r.text("geminiModel", ChatAppConfig.gemini_model),
-        gemini_location=r.text("geminiLocation", ChatAppConfig.gemini_location),
-        system_prompt=r.optional_text("chatSystemPrompt"),
-        allowed_users=r.string_list("chatAllowedUsers"),
-        domain=r.optional_text("chatDomain"),
-        namespace=namespace,
-    )
-    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.allowed_users:
-        r.problems.append(
-            "chatExposure=iap needs chatAllowedUsers, the IAM members IAP lets in "
-            '(pulumi config set --path "chatAllowedUsers[0]" user:you@example.com).'
-        )
-    if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.domain:
-        r.problems.append(
-            "chatExposure=iap needs chatDomain, the DNS name you will point at the load "
-            "balancer (IAP needs HTTPS and a managed certificate): "
-            "pulumi config set chatDomain chat.example.com."
-        )
-    if chat_app.enabled and chat_app.exposure == "login" and chat_login_password is None:
-        r.problems.append(
-            "chatExposure=login needs the sign-in password as a secret: "
-            "pulumi config set --secret chatLoginPassword <password>."
-        )
+    chat_app = _parse_chat_app(r, namespace, chat_login_password)
 
     firestore = FirestoreConfig(
         database=r.text("firestoreDatabase", FirestoreConfig.database),

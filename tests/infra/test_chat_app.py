@@ -279,6 +279,11 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
     assert access.inputs["member"] == "group:ml-team@example.com"
     assert env_of(run)["AUTH_MODE"]["value"] == "iap"
     assert run.outputs["url"] == "https://chat.example.com"
+    assert run.outputs["hint"].startswith(
+        "Point DNS for chat.example.com at the address of "
+        "`kubectl -n gemma-stack get ingress chat-app`"
+    )
+    assert "chatAllowedUsers" in run.outputs["hint"]  # the config key that exists
     assert all(s.inputs["spec"]["type"] != "LoadBalancer" for s in run.of_type(SERVICE))
 
 

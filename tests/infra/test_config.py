@@ -344,6 +344,15 @@ def test_iap_needs_allowed_users_and_a_domain_and_login_needs_a_password() -> No
     )
     assert config.chat_app.allowed_users == ("user:a@b.com",)
     assert config.chat_app.domain == "chat.example.com"
+    for member in ("allUsers", "ana@example.com"):
+        (message,) = problems(
+            {
+                "gemma-stack:chatExposure": "iap",
+                "gemma-stack:chatAllowedUsers": [member],
+                "gemma-stack:chatDomain": "chat.example.com",
+            }
+        )
+        assert f"chatAllowedUsers entry {member!r} must name people or groups" in message
     (message,) = problems({"gemma-stack:chatExposure": "login"})
     assert "pulumi config set --secret chatLoginPassword" in message
     config = parse(
