@@ -8,7 +8,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from app.chat.settings import ChatSettings
+from app.chat.settings import ChatSettings, describe_errors
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
     try:
         settings = ChatSettings()  # type: ignore[call-arg] - filled from the environment
     except ValidationError as err:
-        sys.exit(f"chat app settings are invalid:\n{err}")
+        sys.exit(f"chat app settings are invalid:\n{describe_errors(err)}")
     from app.chat.server import create_app  # noqa: PLC0415 - bad settings fail before Gradio loads
 
     uvicorn.run(

@@ -5,13 +5,44 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Gemma, a helpful, friendly assistant for ML and platform engineers. "
     "Answer clearly and concisely; use Markdown for code."
 )
+
+
+BACKENDS_EXAMPLE = (
+    'CHAT_BACKENDS=\'[{"id": "gemma", "label": "Gemma", "kind": "openai", '
+    '"model": "google/gemma-3-1b-it", "base_url": "http://localhost:8080/v1"}]\''
+)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per problem, named by its environment variable; input values are left out
+    because they may hold secrets such as LOGIN_CREDENTIALS."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check across settings names its variables itself
+            lines.append(f"  {message}")
+            continue
+        name, *rest = [str(part) for part in item["loc"]]
+        where = name.upper() + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
+        lines.append(f"  {where}: {message}")
+    if any(item["loc"][:1] == ("chat_backends",) for item in error.errors()):
+        lines.append(f"  A working example: {BACKENDS_EXAMPLE}")
+    return "\n".join(lines)
 
 
 class BackendConfig(BaseModel):
@@ -36,6 +67,10 @@ class BackendConfig(BaseModel):
     @model_validator(mode="after")
     def _check_combination(self) -> BackendConfig:
         where = f"CHAT_BACKENDS entry {self.id!r}"
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{where}: base_url {self.base_url!r} must be an http:// or https:// URL"
+            )
         if self.kind == "openai" and not self.base_url:
             raise ValueError(f"{where}: kind 'openai' needs a base_url (e.g. http://host:8000/v1)")
         if self.kind == "openai" and self.vertex:

@@ -61,6 +61,7 @@ def test_defaults_follow_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("[{not json", "CHAT_BACKENDS must be a JSON list"),
         (json.dumps([{**GEMMA, "base_url": None}]), "kind 'openai' needs a base_url"),
+        (json.dumps([{**GEMMA, "base_url": "gemma-service:8000"}]), "http:// or https:// URL"),
         (json.dumps([GEMMA, {**GEMMA, "label": "x"}]), "ids must be unique"),
         (json.dumps([{**GEMMA, "auth": "api-key"}]), "needs api_key_env"),
         (json.dumps([{**GEMINI, "vertex": False}]), "needs vertex: true, a base_url"),
@@ -86,10 +87,27 @@ def test_login_mode_needs_well_formed_credentials(monkeypatch: pytest.MonkeyPatc
     assert "p:w" not in repr(loaded)  # the secret stays out of logs
 
 
-def test_the_app_refuses_to_start_on_bad_settings_and_says_why() -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHAT_BACKENDS": "[{not json"}, "CHAT_BACKENDS: CHAT_BACKENDS must be a JSON list"),
+        ({"CHAT_BACKENDS": json.dumps([{"id": "a"}])}, "CHAT_BACKENDS[0].label: Field required"),
+        (
+            {
+                "CHAT_BACKENDS": json.dumps([GEMMA]),
+                "AUTH_MODE": "login",
+                "LOGIN_CREDENTIALS": "ann:hunter2-secret,bob",
+            },
+            "entry 2 has no 'user:password' form",
+        ),
+    ],
+)
+def test_the_app_refuses_to_start_on_bad_settings_and_says_why(
+    env: dict[str, str], message: str
+) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app.chat"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_BACKENDS": "[{not json"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,7 +115,12 @@ def test_the_app_refuses_to_start_on_bad_settings_and_says_why() -> None:
         cwd=ROOT,
     )
     assert done.returncode != 0
-    assert "CHAT_BACKENDS must be a JSON list" in done.stderr
+    assert message in done.stderr
+    if "CHAT_BACKENDS[0]" in message or "JSON list" in message:
+        assert "A working example: CHAT_BACKENDS='[" in done.stderr
+    # Logs are kept: no password from the environment, and no pydantic boilerplate.
+    assert "hunter2" not in done.stderr
+    assert "errors.pydantic.dev" not in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -160,4 +183,8 @@ def test_the_image_is_slim_non_root_and_port_aware() -> None:
     assert "touch /srv/app/__init__.py" in dockerfile
     assert "WORKDIR /srv" in dockerfile
     assert 'CMD ["python", "-m", "app.chat"]' in dockerfile
+    healthcheck = re.search(r"^HEALTHCHECK .*\n.*$", dockerfile, flags=re.MULTILINE)
+    assert healthcheck, "a local docker run should report health"
+    assert "/healthz" in healthcheck.group(0)
+    assert "os.environ.get('PORT'" in healthcheck.group(0)
     assert not re.search(r"^(ARG|ENV) .*(TOKEN|PASSWORD|SECRET|KEY)", dockerfile, re.MULTILINE)
