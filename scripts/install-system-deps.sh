@@ -2,7 +2,7 @@
 # Installs the Debian packages the demo and the tests need, and only those that are missing.
 #
 # Usage: scripts/install-system-deps.sh [demo|test]
-#   demo  Java 17 and the Firestore emulator (what `make demo` runs)
+#   demo  Java and the Firestore emulator (what `make demo` runs)
 #   test  the same plus Chromium for the browser tests (the default)
 #
 # Safe to run again: when everything is present it changes nothing and skips `apt-get update`.
@@ -30,7 +30,7 @@ system deps: the Firestore emulator is missing and apt cannot install it here.
 EOF
 }
 
-# Java 11+ runs the emulator; we install 17 when none is found.
+# Java 11+ runs the emulator; the distribution's default JRE is installed when none is found.
 java_ok() {
   command -v java >/dev/null 2>&1 || return 1
   local major
@@ -54,7 +54,8 @@ firestore_emulator_ok() {
 chromium_ok() { command -v chromium >/dev/null 2>&1; }
 
 apt_packages=()
-java_ok || apt_packages+=(openjdk-17-jre-headless)
+# default-jre-headless: Java 17 on Debian 12, 21 on Debian 13 (which has no openjdk-17).
+java_ok || apt_packages+=(default-jre-headless)
 need_emulator=0
 firestore_emulator_ok || need_emulator=1
 if [ "$purpose" = test ] && ! chromium_ok; then

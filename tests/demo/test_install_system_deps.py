@@ -49,7 +49,7 @@ class FakeMachine:
 echo "apt-get $*" >> "{self.apt_log}"
 for pkg in "$@"; do
   case "$pkg" in
-    openjdk-17-jre-headless) {cp} -p "{self.packages}/java" "{self.bin}/java" ;;
+    default-jre-headless) {cp} -p "{self.packages}/java" "{self.bin}/java" ;;
     chromium) {cp} -p "{self.packages}/chromium" "{self.bin}/chromium" ;;
     google-cloud-cli-firestore-emulator) {mkdir} -p "{self.emulator_dir}" ;;
   esac
@@ -115,7 +115,7 @@ def test_installs_only_missing_packages_after_one_update(machine: FakeMachine) -
     assert result.returncode == 0, result.stdout + result.stderr
     assert machine.apt_calls == [
         "apt-get update -qq",
-        "apt-get install -y --no-install-recommends openjdk-17-jre-headless chromium",
+        "apt-get install -y --no-install-recommends default-jre-headless chromium",
     ]
     # A second run finds everything and touches nothing.
     assert machine.run("test").returncode == 0
