@@ -21,6 +21,8 @@ BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
+# Where Google's external Application Load Balancers and their health checks connect from.
+GOOGLE_FRONT_END_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 AUTH_ANNOTATION = "gemma-stack/auth"
 _AUTH_MODE: dict[Exposure, str] = {"internal": "none", "iap": "iap", "login": "login"}
 _BACKEND_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -353,6 +355,18 @@ class ChatApp(pulumi.ComponentResource):
 
         self.service = self._service(name, args, labels, k8s_opts)
         # Users arrive on the app port only (port-forward, the IAP or the login load balancer).
+        # Behind IAP the app trusts IAP's identity header, so only Google's front ends (the
+        # load balancer and its health checks) may connect; no pod can forge a user.
+        sources = (
+            [
+                kubernetes.networking.v1.NetworkPolicyPeerArgs(
+                    ip_block=kubernetes.networking.v1.IPBlockArgs(cidr=cidr)
+                )
+                for cidr in GOOGLE_FRONT_END_RANGES
+            ]
+            if args.exposure == "iap"
+            else None
+        )
         self.network_policy = kubernetes.networking.v1.NetworkPolicy(
             f"{name}-ingress",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
@@ -363,11 +377,12 @@ class ChatApp(pulumi.ComponentResource):
                 policy_types=["Ingress"],
                 ingress=[
                     kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=sources,
                         ports=[
                             kubernetes.networking.v1.NetworkPolicyPortArgs(
                                 port=CHAT_PORT, protocol="TCP"
                             )
-                        ]
+                        ],
                     )
                 ],
             ),

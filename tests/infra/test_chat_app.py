@@ -243,6 +243,12 @@ def test_internal_exposure_is_cluster_ip_only() -> None:
     assert run.outputs["hint"] == "kubectl -n gemma-stack port-forward svc/chat-app 7860:7860"
     assert run.outputs["url"] == "http://localhost:7860"
     assert run.outputs["internalUrl"] == "http://chat-app.gemma-stack.svc.cluster.local:7860"
+    policy = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy", "chat-ingress")
+    assert policy.inputs["spec"]["podSelector"] == {
+        "matchLabels": chat_deployment(run)["spec"]["selector"]["matchLabels"]
+    }
+    (rule,) = policy.inputs["spec"]["ingress"]
+    assert rule == {"ports": [{"port": 7860, "protocol": "TCP"}]}  # the app port only
 
 
 def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
@@ -284,6 +290,14 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
         "`kubectl -n gemma-stack get ingress chat-app`"
     )
     assert "chatAllowedUsers" in run.outputs["hint"]  # the config key that exists
+    # The app trusts IAP's identity header: only Google's front ends may connect.
+    policy = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy", "chat-ingress")
+    (rule,) = policy.inputs["spec"]["ingress"]
+    assert rule["from"] == [
+        {"ipBlock": {"cidr": "130.211.0.0/22"}},
+        {"ipBlock": {"cidr": "35.191.0.0/16"}},
+    ]
+    assert rule["ports"] == [{"port": 7860, "protocol": "TCP"}]
     assert all(s.inputs["spec"]["type"] != "LoadBalancer" for s in run.of_type(SERVICE))
 
 
