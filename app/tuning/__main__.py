@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         "validate",
         help="check every line against the documented formats and limits",
         description="Exit codes: 0 clean, 1 warnings only, 2 errors or unreadable input.",
+        epilog="rules, as named in the report:\n"
+        + "\n".join(f"  {rule:<13} {what}" for rule, what in rules.RULES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("file", type=Path, help="JSONL dataset, one example per line")
     check.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from policy.rules import RuleContext, evaluate
+from policy.rules import RuleContext, evaluate, kubernetes
 from policy.rules.core import MANDATORY
 from tests.policy.stack import stack_resources
 from tests.pulumi_harness import dev_config, run_program
@@ -29,6 +29,13 @@ def test_default_stack_has_what_the_rules_examine(default_stack: Any) -> None:
         "gcp:projects/iAMMember:IAMMember",
         "gcp:firestore/database:Database",
     } <= types
+    workloads = [r for r in default_stack.resources if r.type in kubernetes.WORKLOAD_TYPES]
+    # The mandatory chat-app rule finds the chat Deployment by its label, and the GPU rule
+    # has a GPU container to look at.
+    assert sum(kubernetes.is_chat_app(r.type, r.inputs) for r in workloads) == 1
+    assert any(
+        kubernetes.GPU_RESOURCE in str(kubernetes.pod_spec(r.type, r.inputs)) for r in workloads
+    )
 
 
 def test_default_stack_has_no_mandatory_violations(default_stack: Any) -> None:

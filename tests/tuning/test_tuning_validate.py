@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.tuning.__main__ import main
 from app.tuning.report import render_text
+from app.tuning.rules import RULES
 from app.tuning.validate import Report, validate_file
 from tests.tuning.tuning_samples import chat_example, text_example, write_lines
 
@@ -506,3 +508,11 @@ def test_a_wrong_role_says_where_it_belongs(
 ) -> None:
     report = validate_file(write_lines(tmp_path / "d.jsonl", [record]), fmt)
     assert advice in next(f.message for f in report.findings if f.rule == "fields")
+
+
+def test_help_lists_every_rule_the_report_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    shown = capsys.readouterr().out
+    for rule, what in RULES.items():
+        assert f"  {rule:<13} {what}" in shown
