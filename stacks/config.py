@@ -41,6 +41,7 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _MEMBER = re.compile(
     r"^(user|group|serviceAccount|domain|principal|principalSet):.+$|^principal(Set)?://.+$"
 )
+_IAP_AUDIENCE = re.compile(r"^/projects/\d+/global/backendServices/\d+$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Mi|Gi)$")
 
 
@@ -145,6 +146,8 @@ class ChatAppConfig:
     system_prompt: str | None = None
     allowed_users: tuple[str, ...] = ()  # IAM members let through IAP (exposure=iap)
     domain: str | None = None  # DNS name for the IAP Ingress certificate (exposure=iap)
+    # /projects/NUMBER/global/backendServices/ID: the app then verifies IAP's signed header.
+    iap_audience: str | None = None
     namespace: str = "gemma-stack"
     ksa_name: str = "chat-app"
 
@@ -602,8 +605,15 @@ def _parse_chat_app(
         system_prompt=r.optional_text("chatSystemPrompt"),
         allowed_users=r.string_list("chatAllowedUsers"),
         domain=r.optional_text("chatDomain"),
+        iap_audience=r.optional_text("chatIapAudience"),
         namespace=namespace,
     )
+    if chat_app.iap_audience is not None and not _IAP_AUDIENCE.match(chat_app.iap_audience):
+        r.problems.append(
+            f"chatIapAudience={chat_app.iap_audience!r} must look like "
+            "/projects/PROJECT_NUMBER/global/backendServices/BACKEND_SERVICE_ID; find the ID "
+            "with `gcloud compute backend-services list` after the first deploy."
+        )
     if chat_app.enabled and chat_app.exposure == "iap" and not chat_app.allowed_users:
         r.problems.append(
             "chatExposure=iap needs chatAllowedUsers, the IAM members IAP lets in "
@@ -754,6 +764,7 @@ STACK_KEYS: tuple[str, ...] = (
     "chatExposure",
     "chatAllowedUsers",
     "chatDomain",
+    "chatIapAudience",
     "chatSystemPrompt",
     "geminiModel",
     "geminiLocation",

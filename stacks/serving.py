@@ -205,6 +205,9 @@ def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
                 platform.chat_invoker.email if platform.chat_invoker is not None else None
             ),
             iap_domain=config.chat_app.domain,
+            iap_audience=(
+                config.chat_app.iap_audience if config.chat_app.exposure == "iap" else None
+            ),
             iap_accessors=(
                 invokers_from(config.chat_app.allowed_users)
                 if config.chat_app.exposure == "iap"

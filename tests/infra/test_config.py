@@ -353,6 +353,8 @@ def test_iap_needs_allowed_users_and_a_domain_and_login_needs_a_password() -> No
             }
         )
         assert f"chatAllowedUsers entry {member!r} must name people or groups" in message
+    (message,) = problems({"gemma-stack:chatIapAudience": "123/backend"})
+    assert "chatIapAudience='123/backend' must look like /projects/PROJECT_NUMBER/" in message
     (message,) = problems({"gemma-stack:chatExposure": "login"})
     assert "pulumi config set --secret chatLoginPassword" in message
     config = parse(

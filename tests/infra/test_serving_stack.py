@@ -225,3 +225,19 @@ def test_workloads_start_only_after_their_images_and_secrets_exist() -> None:
     assert run.waits_for(services["gemma-vllm"], run.named("hf-token-version"))
     assert run.waits_for(run.named("chat-deployment"), run.named("chat-image-build"))
     assert not run.waits_for(services["gemma-vllm"], run.named("inference-image-build"))
+
+
+def test_iap_audience_from_config_makes_the_app_verify_iap_headers() -> None:
+    audience = "/projects/123456789012/global/backendServices/4242424242"
+    iap = {
+        "gemma-stack:chatExposure": "iap",
+        "gemma-stack:chatAllowedUsers": ["group:ml-team@example.com"],
+        "gemma-stack:chatDomain": "chat.example.com",
+    }
+    (container,) = pod_spec(run_program(overrides=iap).named("chat-deployment"))["containers"]
+    assert "IAP_AUDIENCE" not in {e["name"] for e in container["env"]}
+    run = run_program(overrides={**iap, "gemma-stack:chatIapAudience": audience})
+    (container,) = pod_spec(run.named("chat-deployment"))["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["IAP_AUDIENCE"] == audience
+    assert env["AUTH_MODE"] == "iap"
