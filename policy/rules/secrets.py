@@ -27,6 +27,9 @@ _SECRET_VALUE = re.compile(
 # Flags that take a credential; `$(VAR)` / `${VAR}` refer to an env var and are fine.
 _SECRET_FLAG = re.compile(r"^--?(hf[-_]token|token|api[-_]key|password|secret)(=(.*))?$", re.I)
 _ENV_REFERENCE = re.compile(r"^\$[({][A-Za-z_][A-Za-z0-9_]*[)}]$")
+# An absolute path under a credential name (GOOGLE_APPLICATION_CREDENTIALS=/var/secrets/sa.json)
+# points at a mounted secret file, which is how secrets should arrive.
+_FILE_PATH = re.compile(r"^/\S*$")
 
 
 def is_secret_name(name: str) -> bool:
@@ -47,7 +50,7 @@ def literal_secret_envs(envs: Iterable[Any]) -> list[str]:
         value = env.get("value")
         if not isinstance(value, str) or value == "" or is_unknown(value):
             continue
-        if is_secret_name(name) or looks_like_secret(value):
+        if (is_secret_name(name) and not _FILE_PATH.match(value)) or looks_like_secret(value):
             found.append(name)
     return found
 

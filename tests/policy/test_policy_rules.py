@@ -415,7 +415,13 @@ def test_tokens_reach_pods_only_through_secret_references() -> None:
         {"name": name, "value": "x"}
         for name in ("ID_TOKEN_SERVICE_ACCOUNT", "HF_TOKEN_PATH", "MAX_TOKENS", "SECRET_NAME")
     ]
+    # A credential name holding the path of a mounted secret file is the right way round.
+    innocent_env = container_of(innocent)["env"]
+    innocent_env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/sa.json"})
     assert only_messages(rule, DEPLOYMENT, innocent) == []
+    # ...but a token pasted in place of the path is still a literal.
+    innocent_env[-1]["value"] = "s3cr3t-value"
+    assert only_messages(rule, DEPLOYMENT, innocent)
     # A token pasted under an innocent name is caught by its shape.
     pasted = deployment()
     container_of(pasted)["env"].append(
