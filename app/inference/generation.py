@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,6 +12,20 @@ from app.inference.engine import Completion, Engine, SamplingParams, StreamEvent
 from app.inference.state import ServerState
 
 logger = logging.getLogger(__name__)
+
+
+# Tokenizing a prompt of a few megabytes takes seconds: it runs in a thread (the tokenizer
+# releases the GIL) so that streams and the health probe go on meanwhile.
+
+
+async def chat_prompt(engine: Engine, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of a chat rendered with the model's template."""
+    return await asyncio.to_thread(lambda: engine.encode(engine.render_chat(messages), chat=True))
+
+
+async def text_prompt(engine: Engine, prompt: str) -> list[int]:
+    """Token ids of a raw prompt."""
+    return await asyncio.to_thread(engine.encode, prompt, chat=False)
 
 
 def resolve_max_tokens(

@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 from app.inference.engine import Completion, SamplingParams
 from app.inference.generation import (
     SSE_HEADERS,
+    chat_prompt,
     complete,
     open_stream,
     resolve_max_tokens,
@@ -99,7 +100,7 @@ async def _prepare(
 ) -> tuple[Any, list[int], SamplingParams]:
     state.check_model(model)
     engine = state.ready_engine()
-    prompt_ids = engine.encode(engine.render_chat(_messages(body)), chat=True)
+    prompt_ids = await chat_prompt(engine, _messages(body))
     config = body.generation_config or GenerationConfig()
     max_tokens = resolve_max_tokens(state, engine, config.max_output_tokens, len(prompt_ids))
     params = SamplingParams(

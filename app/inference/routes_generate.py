@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference.engine import SamplingParams
-from app.inference.generation import complete
+from app.inference.generation import chat_prompt, complete
 from app.inference.state import ApiError, StateDep
 
 router = APIRouter(tags=["generate"])
@@ -61,9 +61,7 @@ async def generate(body: GenerateRequest, state: StateDep) -> GenerateResponse:
     else:
         user_turn = body.prompt
         default_temperature = 0.7
-    prompt_ids = engine.encode(
-        engine.render_chat([{"role": "user", "content": user_turn}]), chat=True
-    )
+    prompt_ids = await chat_prompt(engine, [{"role": "user", "content": user_turn}])
     params = SamplingParams(
         max_tokens=body.max_tokens,
         temperature=default_temperature if body.temperature is None else body.temperature,

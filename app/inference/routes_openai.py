@@ -14,11 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.inference.engine import Completion, Engine, SamplingParams
 from app.inference.generation import (
     SSE_HEADERS,
+    chat_prompt,
     complete,
     open_stream,
     resolve_max_tokens,
     sse,
     stop_tuple,
+    text_prompt,
 )
 from app.inference.state import ApiError, ServerState, StateDep
 
@@ -103,7 +105,7 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> Any:
         {"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
         for m in body.messages
     ]
-    prompt_ids = engine.encode(engine.render_chat(messages), chat=True)
+    prompt_ids = await chat_prompt(engine, messages)
     requested = body.max_completion_tokens or body.max_tokens
     params = _params(body, resolve_max_tokens(state, engine, requested, len(prompt_ids)))
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -191,7 +193,7 @@ async def completions(body: CompletionRequest, state: StateDep) -> Any:
         texts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
         if len(texts) != 1:
             raise ApiError(400, f"send exactly one prompt per request (got {len(texts)})")
-        prompt_ids = engine.encode(texts[0], chat=False)
+        prompt_ids = await text_prompt(engine, texts[0])
     vocab = getattr(engine, "vocab_size", None)
     if vocab is not None and any(p >= vocab for p in prompt_ids):
         raise ApiError(400, f"prompt token ids must be below the vocabulary size {vocab}")
