@@ -600,7 +600,13 @@ def _startup_probe(
 
 
 def _account_id(service_name: str) -> str:
-    account = f"{service_name[:26].rstrip('-')}-run"
+    """`<service>-run`, within IAM's 30 characters; long names keep a hash of the full name
+    so two services that share their first characters never share an account."""
+    if len(service_name) <= 26:
+        account = f"{service_name}-run"
+    else:
+        digest = hashlib.sha256(service_name.encode()).hexdigest()[:4]
+        account = f"{service_name[:21].rstrip('-')}-{digest}-run"
     if len(account) < 6:
         account = f"gemma-{account}"
     if not _ACCOUNT_ID.match(account):

@@ -179,6 +179,17 @@ def test_invokers_are_exactly_the_named_principals(flavour: str) -> None:
     assert run.warnings() == []
 
 
+def test_long_service_names_sharing_a_prefix_get_distinct_accounts() -> None:
+    names = ("gemma-3-finetuned-sql-service-east", "gemma-3-finetuned-sql-service-west")
+    run = deploy(*(flavour_args("prebuilt", service_name=n) for n in names))
+    accounts = sorted(a.inputs["accountId"] for a in run.of_type(ACCOUNT))
+    assert len(set(accounts)) == 2
+    for account in accounts:
+        assert 6 <= len(account) <= 30
+        assert account.startswith("gemma-3-finetuned-sql")
+        assert account.endswith("-run")
+
+
 def test_public_adds_all_users_and_warns() -> None:
     run = deploy(flavour_args("prebuilt", public=True))
     members = sorted(b.inputs["member"] for b in run.of_type(INVOKER))
