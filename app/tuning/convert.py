@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,10 +119,15 @@ def convert_file(
     write = WRITERS[to]
     result = Conversion(source_format="sql" if sql else (None if fmt == "auto" else fmt))
     parse = parse_sql if sql else (None if fmt == "auto" else rules.PARSERS[fmt])
-    partial = out.with_name(out.name + ".partial")
     with open_dataset(source) as stream:
+        # A unique name next to OUT: the final rename stays on one filesystem (atomic), and
+        # two conversions to the same OUT, or an input named like the temporary file, never
+        # share it.
+        handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+        partial = Path(name)
         try:
-            with partial.open("w", encoding="utf-8") as sink:
+            os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would surprise a training job
+            with os.fdopen(handle, "w", encoding="utf-8") as sink:
                 _convert_lines(stream, sink, parse, write, result)
             if result.errors:
                 result.written = 0
@@ -129,6 +136,12 @@ def convert_file(
         finally:
             partial.unlink(missing_ok=True)
     return result
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _convert_lines(

@@ -3,6 +3,7 @@
 # ruff: noqa: S608 - the SQL strings are training answers, never run
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,11 @@ def test_text_to_gemma(tmp_path: Path, text_rows: list[object]) -> None:
     check = validate_file(out)
     assert check.format == "gemma"
     assert (check.exit_code, check.examples) == (0, 100)
+    # Written through a temporary file, yet with the permissions a plain write would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gemma.jsonl", "t.jsonl"]
 
 
 def test_chat_to_gemma_folds_context_into_first_user_turn(
