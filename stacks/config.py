@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 import pulumi
 
+from components.cluster import RELEASE_CHANNELS
 from components.gemma_on_gke import VLLM_IMAGE
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS, L4_MIN_CPU, L4_MIN_MEMORY_GIB
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
@@ -25,7 +26,6 @@ NAMESPACE = "gemma-stack"  # Pulumi config namespace: keys read as `gemma-stack:
 DEFAULT_VLLM_IMAGE = VLLM_IMAGE
 PREBUILT_GEMMA_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
 PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
-RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
 CHAT_EXPOSURES = ("internal", "iap", "login")
 FLAVOURS = ("prebuilt", "vllm", "finetuned")
 OLLAMA_NUM_PARALLEL = 4

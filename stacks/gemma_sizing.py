@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from components.gemma_on_gke import AUTOPILOT_L4_COUNTS
+
 L4_MEMORY_GB = 24.0
 # vLLM's --gpu-memory-utilization default share of each GPU.
 GPU_MEMORY_UTILIZATION = 0.90
@@ -18,7 +20,7 @@ GPU_MEMORY_UTILIZATION = 0.90
 # activations. Below that, vLLM starts but serves almost no context.
 MAX_WEIGHT_SHARE = 0.75
 # GPU counts GKE Autopilot offers for nvidia-l4 (g2-standard machine shapes).
-AUTOPILOT_L4_GPU_COUNTS = (1, 2, 4, 8)
+AUTOPILOT_L4_GPU_COUNTS = AUTOPILOT_L4_COUNTS
 
 
 @dataclass(frozen=True)
