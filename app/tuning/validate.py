@@ -402,8 +402,8 @@ def open_dataset(path: Path) -> BinaryIO:
     except OSError as err:
         raise UnreadableDatasetError(f"{path} cannot be read: {err.strerror}") from err
     # Windows tools often save UTF-16; split on b"\n" it would give one error per line.
-    start = stream.peek(4)[:4]
-    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in start:
+    start = stream.peek(2)[:2]  # a UTF-16/32 byte-order mark, or ASCII's zero high byte
+    if start in {codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE} or b"\x00" in start:
         stream.close()
         raise UnreadableDatasetError(
             f"{path} is UTF-16 or UTF-32 text, not UTF-8; save it as UTF-8 (in PowerShell: "

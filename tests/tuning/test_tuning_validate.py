@@ -434,10 +434,13 @@ def test_mixed_formats_name_the_odd_line(tmp_path: Path, text_rows: list[object]
     )
 
 
-def test_cli_utf16_file_is_one_clear_exit_2(tmp_path: Path, text_rows: list[object]) -> None:
+# "utf-16" is what PowerShell's `>` writes (with a byte-order mark); the others have none.
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32-le"])
+def test_cli_utf16_file_is_one_clear_exit_2(
+    tmp_path: Path, text_rows: list[object], encoding: str
+) -> None:
     dataset = write_lines(tmp_path / "t.jsonl", text_rows)
-    # What PowerShell's `>` writes: UTF-16 with a byte-order mark.
-    dataset.write_bytes(dataset.read_text().encode("utf-16"))
+    dataset.write_bytes(dataset.read_text().encode(encoding))
     result = run_cli("validate", dataset)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {dataset} is UTF-16 or UTF-32 text")
