@@ -537,7 +537,7 @@ class ChatApp(pulumi.ComponentResource):
                 project=args.project_id,
                 role="roles/iap.httpsResourceAccessor",
                 member=member,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
             )
         hint = pulumi.Output.format(
             "Point DNS for {0} at the address of `kubectl -n {1} get ingress {2}`; the "

@@ -18,11 +18,12 @@ from components.identity import (
     WorkloadIdentity,
     WorkloadIdentityArgs,
 )
-from components.project_services import ProjectServices, ProjectServicesArgs
+from components.project_services import STACK_APIS, ProjectServices, ProjectServicesArgs
 from components.registry import ArtifactRegistry, ArtifactRegistryArgs, ImageBuild, ImageBuildArgs
 from components.secrets import StoredSecret, StoredSecretArgs
 from stacks.config import ConfigError, StackConfig
 
+IAP_API = "iap.googleapis.com"
 CHAT_APP_DIR = Path("app/chat")
 INFERENCE_APP_DIR = Path("app/inference")
 CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
@@ -99,10 +100,19 @@ def check_build_folders(config: StackConfig, root: Path = Path()) -> None:
         raise ConfigError(problems)
 
 
+def stack_apis(config: StackConfig) -> tuple[str, ...]:
+    """The APIs this stack uses; IAP's only when the chat app sits behind it."""
+    if config.chat_app.enabled and config.chat_app.exposure == "iap":
+        return (*STACK_APIS, IAP_API)
+    return STACK_APIS
+
+
 def build_platform(config: StackConfig) -> Platform:
     """Create the shared resources every backend needs, in dependency order."""
     check_build_folders(config)
-    apis = ProjectServices("apis", ProjectServicesArgs(project_id=config.project))
+    apis = ProjectServices(
+        "apis", ProjectServicesArgs(project_id=config.project, apis=stack_apis(config))
+    )
     project_number = gcp.organizations.get_project_output(
         project_id=config.project,
         opts=pulumi.InvokeOutputOptions(depends_on=apis.for_apis("cloudresourcemanager")),

@@ -215,7 +215,11 @@ def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
             ),
             login_credentials=login,
             system_prompt=config.chat_app.system_prompt,
-            depends_on=tuple(r for r in (identity, platform.firestore) if r is not None),
+            depends_on=(
+                *(r for r in (identity, platform.firestore) if r is not None),
+                # IAP's access bindings need its API.
+                *(platform.services.for_apis("iap") if config.chat_app.exposure == "iap" else ()),
+            ),
         ),
     )
 

@@ -237,6 +237,15 @@ def test_iap_audience_from_config_makes_the_app_verify_iap_headers() -> None:
     (container,) = pod_spec(run_program(overrides=iap).named("chat-deployment"))["containers"]
     assert "IAP_AUDIENCE" not in {e["name"] for e in container["env"]}
     run = run_program(overrides={**iap, "gemma-stack:chatIapAudience": audience})
+    # IAP's API is enabled for this exposure only, before anyone is granted access through it.
+    (iap_api,) = [
+        s
+        for s in run.of_type("gcp:projects/service:Service")
+        if s.inputs["service"] == "iap.googleapis.com"
+    ]
+    (access,) = run.of_type("gcp:iap/webIamMember:WebIamMember")
+    assert access.inputs["member"] == "group:ml-team@example.com"
+    assert run.waits_for(access, iap_api)
     (container,) = pod_spec(run.named("chat-deployment"))["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["IAP_AUDIENCE"] == audience
