@@ -103,6 +103,19 @@ def _status_message(config: BackendConfig, status: int, detail: str) -> str:
     return f"{name} failed (HTTP {status}): {brief}"
 
 
+def _api_key(config: BackendConfig) -> str:
+    """The key in the variable `api_key_env` names, or a BackendError if auth needs it."""
+    if config.auth != "api-key":
+        return ""
+    key = os.environ.get(config.api_key_env or "", "")
+    if not key:
+        raise BackendError(
+            f"{config.label} needs an API key in ${config.api_key_env}, which is empty. "
+            "Set it for the chat app; other models keep working."
+        )
+    return key
+
+
 def _timed_out(err: BaseException) -> bool:
     chain = [err, err.__cause__, err.__context__]
     return any(
@@ -133,11 +146,10 @@ class OpenAIBackend:
             if config.auth == "google-id-token"
             else None
         )
-        api_key = os.environ.get(config.api_key_env or "", "") if config.auth == "api-key" else ""
         # A failed call is shown to the user at once; silent retries only delay the message.
         self._client = AsyncOpenAI(
             base_url=config.base_url,
-            api_key=api_key or "unused",
+            api_key="unused",
             timeout=config.timeout_s,
             max_retries=0,
         )
@@ -160,6 +172,9 @@ class OpenAIBackend:
         started = False
         try:
             headers = await self._id_tokens.headers() if self._id_tokens else {}
+            api_key = _api_key(self.config)
+            if api_key:
+                headers["Authorization"] = f"Bearer {api_key}"
             stream = await self._client.chat.completions.create(
                 model=self.config.model,
                 messages=self._messages(turns, system_prompt),  # type: ignore[arg-type]
@@ -184,6 +199,8 @@ class OpenAIBackend:
             ) from err
         except (openai.APIError, *_transport_errors()) as err:
             raise BackendError(self._broken(err, started), partial=started, transient=True) from err
+        except BackendError:
+            raise
         except Exception as err:  # google-auth failures and anything unforeseen
             raise BackendError(
                 f"{self.config.label} failed: {type(err).__name__}: {err}", partial=started
@@ -249,14 +266,8 @@ class GeminiBackend:
                 http_options=types.HttpOptions(timeout=timeout_ms, retry_options=no_retry),
             )
         else:
-            api_key = os.environ.get(self.config.api_key_env or "", "")
-            if self.config.auth == "api-key" and not api_key:
-                raise BackendError(
-                    f"{self.config.label} needs an API key in ${self.config.api_key_env}, "
-                    "which is empty."
-                )
             self._client = genai.Client(
-                api_key=api_key or "unused",
+                api_key=_api_key(self.config) or "unused",
                 # Servers that speak the Gemini API (Google's Cloud Run Gemma image, our
                 # inference app) serve it under v1beta, which newer SDKs no longer default to.
                 http_options=types.HttpOptions(

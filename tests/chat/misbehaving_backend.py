@@ -149,6 +149,7 @@ def _summary(headers: dict[str, str], body: dict[str, Any], gemini: bool) -> dic
         system = body.get("systemInstruction") or body.get("system_instruction")
         return {
             "authorization": headers.get("authorization"),
+            "api_key": headers.get("x-goog-api-key"),
             "roles": [c.get("role") for c in contents],
             "texts": [c["parts"][0].get("text") for c in contents],
             "system": system["parts"][0]["text"] if system else None,

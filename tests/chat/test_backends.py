@@ -11,7 +11,7 @@ import pytest
 from app.chat.backends import BackendError, Sampling, Turn, make_backend, prepare_turns
 from app.chat.id_tokens import IdTokenSource, audience_for, token_expiry
 from app.chat.settings import BackendConfig
-from devtools.firestore_emulator import free_port
+from devtools.ports import free_port
 from tests.chat.google_endpoints import GoogleEndpoints
 from tests.chat.stack import REPLY, Stack
 
@@ -175,6 +175,24 @@ async def test_cloud_run_calls_carry_a_google_id_token(
     finally:
         await backend.aclose()
     assert google_endpoints.token_requests == before + 1  # cached for the second call
+
+
+@pytest.mark.parametrize(("kind", "suffix"), [("openai", "/v1"), ("gemini", "")])
+async def test_an_empty_api_key_is_named_and_a_set_one_is_sent(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, kind: str, suffix: str
+) -> None:
+    cfg = config(
+        kind, "echo", stack.misbehaving.base_url + suffix, auth="api-key", api_key_env="GEMMA_KEY"
+    )
+    monkeypatch.delenv("GEMMA_KEY", raising=False)
+    with pytest.raises(BackendError, match=r"needs an API key in \$GEMMA_KEY, which is empty"):
+        await collect(cfg, [Turn("user", "x")])
+    monkeypatch.setenv("GEMMA_KEY", "k-123")
+    text = "".join(await collect(cfg, [Turn("user", "x")]))
+    sent = json.loads(text)
+    assert (sent["authorization"] if kind == "openai" else sent["api_key"]) == (
+        "Bearer k-123" if kind == "openai" else "k-123"
+    )
 
 
 async def test_id_tokens_are_refreshed_before_they_expire(
