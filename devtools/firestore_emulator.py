@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,13 +12,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from devtools.ports import free_port
+
 DEFAULT_PROJECT = "demo-gemma-stack"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class FirestoreEmulator:

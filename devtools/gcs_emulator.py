@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from devtools.ports import free_port
+
 # gcsfs's extended filesystem probes each bucket's layout over gRPC first, which an emulator
 # cannot answer; this switch makes ``import gcsfs`` use the plain JSON-API filesystem.
 CLIENT_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class GcsEmulator:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.firestore_emulator import FirestoreEmulator, free_port
+from devtools.firestore_emulator import FirestoreEmulator
+from devtools.ports import free_port
 from tests.chat.misbehaving_backend import MisbehavingBackend
 from tests.chat.stack import (
     DATABASE,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.firestore_emulator import FirestoreEmulator, free_port
+from devtools.firestore_emulator import FirestoreEmulator
+from devtools.ports import free_port
 from tests.chat.misbehaving_backend import MisbehavingBackend
 
 ROOT = Path(__file__).resolve().parents[2]

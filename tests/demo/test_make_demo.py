@@ -20,16 +20,12 @@ import pytest
 from google.cloud import firestore
 from gradio_client import Client
 
+from devtools.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = re.compile(r"Open (http://127\.0\.0\.1:\d+) in your browser")
 URL_TIMEOUT_S = 150
 OFFLINE_LABEL = "Offline demo model (random weights)"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RunningDemo:
@@ -113,9 +109,9 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
     }
     env |= {
         "DEMO_HOME": str(tmp_path / "demo"),
-        "DEMO_CHAT_PORT": str(_free_port()),
-        "DEMO_INFERENCE_PORT": str(_free_port()),
-        "DEMO_FIRESTORE_PORT": str(_free_port()),
+        "DEMO_CHAT_PORT": str(free_port()),
+        "DEMO_INFERENCE_PORT": str(free_port()),
+        "DEMO_FIRESTORE_PORT": str(free_port()),
         # No Google credentials, as on a fresh laptop: the demo must run fully offline.
         "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-credentials.json"),
         "GOOGLE_CLOUD_PROJECT": f"demo-smoke-{secrets.token_hex(4)}",

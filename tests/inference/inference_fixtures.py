@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.gcs_emulator import CLIENT_ENV, free_port
+from devtools.gcs_emulator import CLIENT_ENV
+from devtools.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"

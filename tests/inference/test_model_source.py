@@ -20,7 +20,8 @@ from app.inference.model_source import (
     resolve_model_dir,
     validate_model_dir,
 )
-from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator, free_port
+from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator
+from devtools.ports import free_port
 from tests.inference.inference_fixtures import REPO
 
 
