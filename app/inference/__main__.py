@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=round(settings.shutdown_grace_s) or None,
+        # A float works (uvicorn passes it to asyncio.wait_for); None would wait forever.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         lifespan="on",
     )
     server = _Server(config)
