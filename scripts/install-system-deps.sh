@@ -104,10 +104,8 @@ if [ "$need_emulator" -eq 1 ]; then
   elif command -v gcloud >/dev/null 2>&1 \
     && gcloud components install cloud-firestore-emulator --quiet; then
     say "installed the Firestore emulator with gcloud components"
-  else
-    gcloud_install_help
-    exit 1
   fi
+  # Otherwise the other packages are still installed, and the check below explains the rest.
 fi
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
