@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import runpy
 import sys
 from pathlib import Path
@@ -187,3 +188,27 @@ def test_pack_config_approves_a_public_service_and_names_dev_stacks(
     assert findings({"devStacks": ["prod"]}) == []
     monkeypatch.setattr("pulumi.get_stack", lambda: "dev-alice")
     assert findings({}) == []
+
+
+def test_pack_imports_only_what_its_own_requirements_install() -> None:
+    # `pulumi preview` runs the pack in policy/venv, built from policy/requirements.txt alone.
+    required = {
+        line.split(">")[0].split("=")[0].strip().replace("-", "_")
+        for line in (PACK / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert required == {"pulumi", "pulumi_policy"}
+    local = {"rules"}
+    for source in PACK.rglob("*.py"):
+        if "venv" in source.parts:
+            continue
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names | required | local, f"{source}: {name}"
