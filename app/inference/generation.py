@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.inference.engine import Completion, Engine, SamplingParams, StreamEvent, stream_generate
-from app.inference.state import ServerState
+from app.inference.state import ApiError, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,22 @@ def resolve_max_tokens(
     return max(1, min(state.settings.max_tokens_default, engine.max_model_len - prompt))
 
 
+# Every new token is checked against every stop string (and each one's prefixes, to hold back
+# text that may become one), so unbounded stop lists would let one request stall a worker.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
 def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
     items = [stop] if isinstance(stop, str) else stop
+    if len(items) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in items):
+        raise ApiError(
+            400,
+            f"Send at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_LENGTH} "
+            f"characters each (got {len(items)}, the longest {max(map(len, items))}).",
+        )
     return tuple(s for s in items if s)
 
 

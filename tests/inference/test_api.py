@@ -245,6 +245,20 @@ def test_any_integer_seed_is_accepted(http: httpx.Client) -> None:
     assert http.post(f"/v1beta/models/{MODEL}:generateContent", json=gemini).status_code == 200
 
 
+def test_stop_lists_are_bounded(http: httpx.Client) -> None:
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    response = http.post("/v1/chat/completions", json={**chat, "stop": ["x"] * 17})
+    assert response.status_code == 400
+    assert "at most 16 stop strings" in response.json()["error"]["message"]
+    gemini = {"contents": [{"parts": [{"text": "hi"}]}]}
+    response = http.post(
+        f"/v1beta/models/{MODEL}:generateContent",
+        json={**gemini, "generationConfig": {"stopSequences": ["y" * 300]}},
+    )
+    assert response.status_code == 400
+    assert "the longest 300" in response.json()["error"]["message"]
+
+
 def test_generate_errors(http: httpx.Client) -> None:
     response = http.post("/generate", json={"type": "poem", "prompt": "x"})
     assert response.status_code == 400
