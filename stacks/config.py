@@ -355,7 +355,7 @@ _SERVICE_KEYS = {
     "ollamaNumParallel",
 }
 
-# Flavour defaults: prebuilt and vllm from BRIEF's Cloud Run references; finetuned from the
+# Flavour defaults: prebuilt and vllm from Google's Cloud Run references; finetuned from the
 # team's SQL service (cpu 4, 16Gi, concurrency 1, 15 min timeout).
 _FLAVOUR_DEFAULTS: dict[str, dict[str, Any]] = {
     "prebuilt": {

@@ -1,6 +1,6 @@
 """Per-variant sizing of Gemma 3 on NVIDIA L4 GPUs for vLLM, and checks refusing impossible setups.
 
-Sources: BRIEF (Google's GKE samples: 1B and 4B on 1 L4; 12B on 2 L4 with tensor parallel 2,
+Sources: Google's GKE samples (1B and 4B on 1 L4; 12B on 2 L4 with tensor parallel 2,
 `--max-model-len 16384`, `--max-num-seqs 4`; 27B needs 4 to 8 L4 or one 80 GB GPU) and the
 model cards (parameter counts, context windows, attention heads). Gemma 3's default 128K
 context exhausts an L4's KV cache, so a `--max-model-len` is always chosen here.

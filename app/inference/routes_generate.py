@@ -13,7 +13,7 @@ from app.inference.state import ApiError, StateDep
 
 router = APIRouter(tags=["generate"])
 
-# The user turn the SQL model was fine-tuned on (BRIEF); production prompts must match it.
+# The user turn the SQL model was fine-tuned on; production prompts must match it.
 SQL_INSTRUCTION = (
     "Given the <USER_QUERY> and the <SCHEMA>, generate the corresponding SQL command to "
     "retrieve the desired data, considering the query's syntax, semantics, and schema "

@@ -26,7 +26,7 @@ from app.inference.engine import Completion, Engine, PromptError, SamplingParams
 logger = logging.getLogger(__name__)
 
 # Tokens that end the model's turn. A new <start_of_turn> means the model is writing the
-# user's next turn (BRIEF failure 8), so it stops generation too.
+# user's next turn (replies that run on past the model's turn), so it stops generation too.
 TURN_STOP_TOKENS = ("<end_of_turn>", "<start_of_turn>", "<eos>", "<|im_end|>", "<|eot_id|>")
 
 

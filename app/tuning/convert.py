@@ -14,7 +14,7 @@ from app.tuning import rules
 from app.tuning.rules import Finding
 from app.tuning.validate import KEPT_PER_RULE, UnreadableDatasetError, open_dataset
 
-# BRIEF, "A team's fine-tuned Gemma 3 1B SQL service": the user turn the SQL model was tuned on.
+# The user turn the fine-tuned Gemma 3 1B SQL model was tuned on.
 SQL_INSTRUCTION = (
     "Given the <USER_QUERY> and the <SCHEMA>, generate the corresponding SQL command to "
     "retrieve the desired data, considering the query's syntax, semantics, and schema "

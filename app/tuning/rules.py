@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
-# Vertex AI text and chat model tuning limits, as quoted in BRIEF ("Supervised-tuning datasets").
+# Vertex AI's documented limits for text and chat model tuning datasets.
 MAX_INPUT_TEXT_TOKENS = 8_192
 MAX_OUTPUT_TEXT_TOKENS = 1_024
 MAX_CHAT_EXAMPLE_TOKENS = 8_192
@@ -51,7 +51,7 @@ RULES: dict[str, str] = {
     RULE_FORMAT: "the file has one recognised format",
 }
 
-# A marker opens a line: `question:` style labels, or `<SCHEMA>` style tags like BRIEF's SQL turn.
+# A marker opens a line: `question:` style labels, or `<SCHEMA>` style tags like the SQL user turn.
 _LABEL = re.compile(r"^[ \t]*([A-Za-z][A-Za-z0-9_ -]{0,24}):(?!//)", re.MULTILINE)
 _TAG = re.compile(r"<([A-Z][A-Z0-9_]{1,30})>")
 

@@ -1,4 +1,4 @@
-"""The Gemma 3 sizing table matches BRIEF's facts, and its checks follow L4 memory."""
+"""The Gemma 3 sizing table matches Google's published sizing, and its checks follow L4 memory."""
 
 from __future__ import annotations
 

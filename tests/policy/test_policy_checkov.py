@@ -28,7 +28,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_reference_vllm_deployment_fails_16_checks() -> None:
-    # BRIEF's baseline: Google's own Gemma vLLM Deployment fails 16 checkov checks.
+    # The baseline: Google's own Gemma vLLM Deployment fails 16 checkov checks.
     result = run_checkov(REFERENCE_MANIFEST)
     failed = {check_id for check_id, _, _ in result.failed_for("Deployment.")}
     assert len(result.failed_for("Deployment.")) == 16

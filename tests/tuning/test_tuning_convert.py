@@ -16,7 +16,7 @@ from tests.tuning.tuning_samples import chat_example, text_example, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# BRIEF's SQL user turn, typed out here so a drift in the code cannot go unnoticed.
+# The SQL user turn, typed out here so a drift in the code cannot go unnoticed.
 SQL_TURN = (
     "Given the <USER_QUERY> and the <SCHEMA>, generate the corresponding SQL command to "
     "retrieve the desired data, considering the query's syntax, semantics, and schema "

@@ -1,4 +1,4 @@
-"""Tuning-dataset test data: BRIEF's example shapes and a JSONL writer (unique module name)."""
+"""Tuning-dataset test data: Vertex AI's example shapes and a JSONL writer (unique module name)."""
 
 # ruff: noqa: S608 - the SQL strings are training answers, never run
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def text_example(i: int) -> dict[str, str]:
-    """BRIEF's text format, with the `question:`/`context:` markers production prompts use."""
+    """Vertex AI's text format, with the `question:`/`context:` markers production prompts use."""
     return {
         "input_text": f"question: how many orders did customer {i} place?\ncontext: table orders",
         "output_text": f"SELECT COUNT(*) FROM orders WHERE customer_id = {i};",
@@ -16,7 +16,7 @@ def text_example(i: int) -> dict[str, str]:
 
 
 def chat_example(i: int) -> dict[str, object]:
-    """BRIEF's chat format: optional context and alternating user/assistant messages."""
+    """Vertex AI's chat format: optional context and alternating user/assistant messages."""
     return {
         "context": "You are a SQL assistant for the sales database.",
         "messages": [
