@@ -180,7 +180,7 @@ def _gib(value: str) -> float:
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """The knobs every flavour shares; defaults are Google's recommended settings for the prebuilt image."""
+    """The knobs every flavour shares; defaults are Google's advice for the prebuilt image."""
 
     cpu: str = "8"
     memory: str = "32Gi"

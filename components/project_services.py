@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-# The APIs the reference deployments enable, plus iamcredentials, which mints the chat app's ID tokens for Cloud Run.
+# The APIs the reference deployments enable, plus iamcredentials, which mints the chat app's
+# ID tokens for Cloud Run.
 STACK_APIS: tuple[str, ...] = (
     "cloudbuild.googleapis.com",
     "artifactregistry.googleapis.com",

@@ -1,8 +1,9 @@
 """Turn a model URI (gs://, local folder or Hugging Face repo id) into a validated local folder.
 
-transformers never sees a ``gs://`` string (transformers would take it for a malformed Hub repo id): buckets are downloaded to a local
-cache first, many byte ranges in parallel. Every problem becomes one ``ModelSourceError`` whose
-message names the URI, what is missing and the likely fix (failures 4, 5 and 6).
+transformers never sees a ``gs://`` string (it would take it for a malformed Hub repo id):
+buckets are downloaded to a local cache first, many byte ranges in parallel. Every problem
+becomes one ``ModelSourceError`` whose message names the URI, what is missing and the likely
+fix (a gs:// path handed to transformers, a 403 on the bucket, a folder without config.json).
 """
 
 from __future__ import annotations

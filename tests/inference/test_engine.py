@@ -32,7 +32,7 @@ def _chat_ids(engine: TransformersEngine, text: str = "names of all users") -> l
 
 
 def test_unstopped_model_runs_past_its_turn(scripted: TransformersEngine) -> None:
-    # The failure the server must prevent (a reply running past its turn), produced by the real model.
+    # The failure the server must prevent (a reply running past its turn), from the real model.
     ids = torch.tensor([_chat_ids(scripted)])
     out = scripted.model.generate(
         input_ids=ids, max_new_tokens=20, do_sample=False, eos_token_id=None

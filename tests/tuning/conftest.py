@@ -1,4 +1,4 @@
-"""Fixtures for the tuning-dataset tests: valid text and chat datasets in Vertex AI's documented shapes."""
+"""Fixtures for the tuning-dataset tests: valid text and chat datasets in Vertex AI's shapes."""
 
 import pytest
 
