@@ -7,7 +7,7 @@ Gemma 3 chat template. Nothing is downloaded: the tokenizer is trained on a few 
 ``reply`` builds a scripted model: every layer's output projection is zeroed, so the model
 only sees the current token, and an untied output head chains "<start_of_turn>model\\n" to
 the reply's tokens, then to ``<end_of_turn>``, then past the turn into a new user turn and
-the reply again. A server that ignores end of turn therefore shows failure 8 for real.
+the reply again. A server that ignores end of turn therefore runs past its turn for real.
 
     python -m app.inference.tiny_model OUT_DIR [--shape tiny|270m] [--reply TEXT]
 """
