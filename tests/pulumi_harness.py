@@ -140,7 +140,10 @@ class ProgramRun:
         return out
 
     def waits_for(self, resource: RecordedResource, other: RecordedResource) -> bool:
-        """Whether `resource` waits for `other` (depends_on, inputs, parent, provider)."""
+        """Whether `resource` waits for `other` (depends_on, inputs, provider).
+
+        Not through the parent: a child does not inherit its component's depends_on.
+        """
         seen: set[str] = set()
         todo = [resource.urn]
         while todo:
@@ -155,8 +158,6 @@ class ProgramRun:
             except KeyError:
                 continue
             todo.extend(current.all_dependencies())
-            if current.parent:
-                todo.append(current.parent)
             if current.provider:
                 # A provider reference is "URN::ID"; the provider waits for what it needs.
                 todo.append(current.provider.rsplit("::", 1)[0])
