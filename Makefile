@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CHECKOV := .tools/checkov
 
-.PHONY: help venv test lint typecheck pytest demo bench system-deps clean
+.PHONY: help venv test lint typecheck pytest demo bench fuzz system-deps clean
 
 help:
 	@echo "make demo   - run the chat app, the inference app and a local Firestore, offline"
 	@echo "make test   - create .venv and run every check: lint, type check and tests"
 	@echo "make bench  - run the benchmarks in bench/ and print their tables"
+	@echo "make fuzz   - search for inputs that give 5xx, FUZZ_EXAMPLES per route (default 2000)"
 
 # One environment for development and tests; `pulumi up` installs only requirements.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt app/tuning/requirements.txt
@@ -47,6 +48,10 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench
+
+# A fresh random search; failures are stored in tests/inference/fuzz-examples for make test.
+fuzz: venv
+	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -s --timeout=0 tests/inference/test_fuzz.py tests/tuning/test_tuning_fuzz.py
 
 clean:
 	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache

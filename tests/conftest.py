@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
+from hypothesis import settings
+
+# `make test` replays the same examples on every run (a seed derived from each test), so it
+# passes or fails the same way each time; `make fuzz` sets HYPOTHESIS_PROFILE=explore to search
+# afresh with far more examples.
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", max_examples=2000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,15 @@ class PromptError(ValueError):
     """The request cannot be turned into a prompt (bad roles, too long, ...): a 400."""
 
 
+# Below this temperature decoding is greedy: dividing logits by a denormal (5e-324) once
+# overflowed them to inf, and any temperature this small picks the likeliest token anyway.
+GREEDY_BELOW = 1e-5
+GREEDY_NOTE = f"below {GREEDY_BELOW:g} (0 included) decoding is greedy"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample; ``temperature == 0`` means greedy."""
+    """How to sample; a temperature below ``GREEDY_BELOW`` (0 included) means greedy."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -28,6 +34,10 @@ class SamplingParams:
     top_k: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

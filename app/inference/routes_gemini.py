@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from app.inference.engine import Completion, SamplingParams
+from app.inference.api_model import RequestModel
+from app.inference.engine import GREEDY_NOTE, Completion, SamplingParams
 from app.inference.generation import (
     SSE_HEADERS,
     chat_prompt,
@@ -28,7 +29,7 @@ router = APIRouter(tags=["gemini"])
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
 
 
-class _Camel(BaseModel):
+class _Camel(RequestModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
@@ -44,7 +45,7 @@ class Content(_Camel):
 
 
 class GenerationConfig(_Camel):
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, description=GREEDY_NOTE)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     max_output_tokens: int | None = Field(None, ge=1)

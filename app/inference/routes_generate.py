@@ -7,7 +7,8 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.inference.engine import SamplingParams
+from app.inference.api_model import RequestModel
+from app.inference.engine import GREEDY_NOTE, SamplingParams
 from app.inference.generation import chat_prompt, complete
 from app.inference.state import ApiError, StateDep
 
@@ -29,7 +30,7 @@ def sql_user_turn(question: str, schema: str) -> str:
     )
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     type: Literal["text", "sql"] = "text"
     prompt: str = Field(min_length=1)
@@ -38,7 +39,7 @@ class GenerateRequest(BaseModel):
     )
     max_tokens: int = Field(256, ge=1)
     temperature: float | None = Field(
-        None, ge=0, le=2, description="default: 0 (greedy) for sql, 0.7 for text"
+        None, ge=0, le=2, description=f"default: 0 (greedy) for sql, 0.7 for text; {GREEDY_NOTE}"
     )
     top_p: float = Field(0.95, gt=0, le=1)
 

@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from app.inference.engine import Completion, Engine, SamplingParams
+from app.inference.api_model import RequestModel
+from app.inference.engine import GREEDY_NOTE, Completion, Engine, SamplingParams
 from app.inference.generation import (
     SSE_HEADERS,
     chat_prompt,
@@ -27,26 +28,26 @@ from app.inference.state import ApiError, ServerState, StateDep
 router = APIRouter(tags=["openai"])
 
 
-class TextPart(BaseModel):
+class TextPart(RequestModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class _Sampling(RequestModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(description="the served model name (GET /v1/models)")
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(1.0, ge=0, le=2, description=GREEDY_NOTE)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="vLLM extension; 0 disables")
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.inference.api_model import INVALID_UNICODE
 from app.inference.engine import Engine, PromptError, SamplingParams
 from app.inference.model_source import ModelSourceError, resolve_model_dir
 from app.inference.settings import Settings
@@ -83,6 +84,9 @@ def _validation_message(error: RequestValidationError) -> str:
     problems = []
     for item in error.errors():
         location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        if item.get("type") == INVALID_UNICODE:
+            problems.append(str(item.get("msg", "")))  # the message names the field itself
+            continue
         if item.get("type") == "json_invalid":
             return "The request body is not valid JSON: " + str(item.get("msg", ""))
         if tuple(item.get("loc", ())) == ("body",) and item.get("type") != "missing":

@@ -16,6 +16,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -144,6 +146,34 @@ class _StopWhen(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+class _FiniteLogits(LogitsProcessor):
+    """Temperature scaling that can neither overflow nor spread NaN into the sampler.
+
+    transformers divides the raw logits by the temperature, so a tiny temperature or an inf
+    logit turns them into inf and NaN, and sampling then fails. Here a NaN logit never wins,
+    +inf logits share the choice among themselves, and the logits are shifted to a maximum of
+    0 before the division, so every result stays in [-inf, 0].
+    """
+
+    def __init__(self, temperature: float | None) -> None:
+        self.temperature = temperature  # None: greedy, no scaling
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+        scores = torch.nan_to_num(scores.float(), nan=-torch.inf, posinf=torch.inf)
+        infinite = torch.isposinf(scores)
+        rows = infinite.any(dim=-1, keepdim=True)
+        scores = torch.where(rows, torch.where(infinite, 0.0, -torch.inf), scores)
+        best = scores.max(dim=-1, keepdim=True).values
+        if not bool(torch.isfinite(best).all()):
+            raise RuntimeError(
+                "the model produced no finite logit (all NaN or -inf): its weights are broken; "
+                "re-export the merged model"
+            )
+        if self.temperature is None:
+            return scores
+        return (scores - best) / self.temperature
+
+
 class TransformersEngine(Engine):
     """Loads a merged model folder with transformers and generates one request per call."""
 
@@ -242,11 +272,12 @@ class TransformersEngine(Engine):
     ) -> Completion:
         self.check_length(len(prompt_ids), params.max_tokens)
         streamer = _TextStreamer(self.tokenizer, self.stop_ids, params.stop, on_text)
-        greedy = params.temperature <= 0
+        greedy = params.greedy
         config = GenerationConfig(
             max_new_tokens=params.max_tokens,
             do_sample=not greedy,
-            temperature=None if greedy else params.temperature,
+            # _FiniteLogits applies the temperature: transformers' own division overflows.
+            temperature=None,
             top_p=None if greedy else params.top_p,
             top_k=None if greedy else self._top_k(params.top_k),
             eos_token_id=sorted(self.stop_ids),
@@ -261,6 +292,9 @@ class TransformersEngine(Engine):
             attention_mask=torch.ones_like(input_ids),
             generation_config=config,
             streamer=streamer,
+            logits_processor=LogitsProcessorList(
+                [_FiniteLogits(None if greedy else params.temperature)]
+            ),
             stopping_criteria=StoppingCriteriaList([_StopWhen(streamer, cancel)]),
         )
         finish = "stop" if streamer.hit_stop else "length"

@@ -1,21 +1,41 @@
-"""Schema-driven fuzzing of the live server's OpenAPI spec (valid and invalid input): no 5xx."""
+"""Schema-driven fuzzing of the live server's OpenAPI spec (valid and invalid input): no 5xx.
+
+`make test` runs a fixed number of examples from a fixed seed, then replays every failure a
+wider search ever stored in ``fuzz-examples/``, so it gives the same answer on every run.
+`make fuzz` searches with a fresh seed and FUZZ_EXAMPLES examples per route, and stores each
+failing (shrunk) example there: commit the folder, and `make test` replays it from then on.
+"""
 
 from __future__ import annotations
 
-import time
+import os
+import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.inference.inference_fixtures import API_KEY, ServerProcess, start_server
 
-TIME_BUDGET_S = 40
-EXAMPLES_PER_OPERATION_AND_MODE = 25
+EXAMPLES_DIR = Path(__file__).parent / "fuzz-examples"
+EXPLORING = os.environ.get("HYPOTHESIS_PROFILE") == "explore"
+# Per route, split between valid and invalid requests.
+EXAMPLES_PER_ROUTE = int(os.environ.get("FUZZ_EXAMPLES", "2000" if EXPLORING else "50"))
+FIXED_SEED = 20261201
+ROUTES = {
+    "/health",
+    "/generate",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1beta/models/{model}:generateContent",
+    "/v1beta/models/{model}:streamGenerateContent",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,48 +57,48 @@ def fuzz_server(
 def test_no_input_makes_a_server_error(fuzz_server: ServerProcess) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", timeout=10)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {
-        "/health",
-        "/generate",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1beta/models/{model}:generateContent",
-        "/v1beta/models/{model}:streamGenerateContent",
-    }
-    deadline = time.monotonic() + TIME_BUDGET_S
+    assert {op.path for op in operations} >= ROUTES
+    database = DirectoryBasedExampleDatabase(EXAMPLES_DIR)
+    run_seed = random.randrange(2**32) if EXPLORING else FIXED_SEED  # noqa: S311 - a search seed
     server_errors: list[str] = []
-    calls = 0
+    calls: Counter[str] = Counter()
 
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
+            @seed(run_seed)
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(
-                max_examples=EXAMPLES_PER_OPERATION_AND_MODE,
+                max_examples=EXAMPLES_PER_ROUTE // 2,
                 deadline=None,
-                database=None,
-                phases=[Phase.explicit, Phase.generate],
+                # make test only reads the stored failures; make fuzz adds to them.
+                database=database if EXPLORING else ReadOnlyDatabase(database),
+                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
                 suppress_health_check=list(HealthCheck),
+                print_blob=True,
             )
             def call(case: schemathesis.Case) -> None:
-                nonlocal calls
-                if time.monotonic() > deadline:
-                    return
-                calls += 1
+                calls[case.operation.path] += 1
                 response = case.call(
                     base_url=fuzz_server.url, headers={"x-goog-api-key": API_KEY}, timeout=30
                 )
-                if response.status_code >= 500:
-                    server_errors.append(
-                        f"{case.method} {case.formatted_path} {case.body!r:.200} -> "
-                        f"{response.status_code} {response.text[:200]}"
-                    )
+                assert response.status_code < 500, (
+                    f"{case.method} {case.formatted_path} {case.body!r:.300} -> "
+                    f"{response.status_code} {response.text[:200]}"
+                )
 
+            # One database key per route and mode (the function's source is the same for all).
+            call.hypothesis.inner_test._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
+                f"{operation.label} {mode.value}".encode()
+            )
             try:
                 call()
             except Unsatisfiable:
                 continue  # nothing to make invalid (e.g. GET /health has no input)
+            except AssertionError as error:
+                server_errors.append(str(error).splitlines()[0])
 
-    assert calls > 50, "the fuzzer barely ran"
+    print(f"fuzz: seed {run_seed}, calls per route: {dict(sorted(calls.items()))}")
+    assert sum(calls.values()) > 50, "the fuzzer barely ran"
     assert server_errors == []
     assert fuzz_server.health()[0] == 200  # still serving after all of it
