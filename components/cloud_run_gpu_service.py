@@ -12,6 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from components.gemma_on_gke import VLLM_IMAGE
+from components.resource_ids import fixed_id_options, scoped_id, service_account_id
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
 ApiKind = Literal["openai", "gemini"]
@@ -24,7 +25,6 @@ L4 = "nvidia-l4"
 CLOUD_RUN_PROBE_MAX_S = 240
 MODEL_MOUNT = "/models"
 _SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
-_ACCOUNT_ID = re.compile(r"^[a-z]([a-z0-9-]{4,28}[a-z0-9])$")
 _OPEN_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 _MEMBER_PREFIXES = (
     "user:",
@@ -116,9 +116,11 @@ class CloudRunGpuServiceArgs:
     # Stateless: nothing is lost on delete, and protection would block `pulumi destroy`.
     deletion_protection: bool = False
     service_name: str | None = None
+    # Ends the runtime account id, `<service>-<suffix>-run`, so stacks never share one.
+    account_suffix: str = ""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
-    def validate(self, name: str) -> None:  # noqa: PLR0912 - one readable check per rule
+    def validate(self, name: str) -> None:
         """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
         where = f"CloudRunGpuService {name!r}"
         service = self.service_name or name
@@ -127,12 +129,8 @@ class CloudRunGpuServiceArgs:
                 f"{where}: service name {service!r} must be 1-49 lowercase letters, digits "
                 "or hyphens, starting with a letter."
             )
-        if _cpu(self.cpu) < 4:
-            raise ValueError(f"{where}: Cloud Run GPU services need cpu >= 4, got {self.cpu}.")
-        if _gib(self.memory) < 16:
-            raise ValueError(
-                f"{where}: Cloud Run GPU services need memory >= 16Gi, got {self.memory}."
-            )
+        if problems := resource_problems(self.cpu, self.memory):
+            raise ValueError(f"{where}: {' '.join(problems)}")
         if not 1 <= self.concurrency <= 1000:
             raise ValueError(f"{where}: concurrency must be within 1..1000.")
         if self.max_instances < 1 or not 0 <= self.min_instances <= self.max_instances:
@@ -166,16 +164,54 @@ class CloudRunGpuServiceArgs:
                     )
 
 
-def _cpu(value: str) -> float:
-    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+# An instance with an L4 takes 4, 6 or 8 CPUs, and Cloud Run caps memory by CPU count
+# ("Configure memory limits", Cloud Run docs): 4 CPUs up to 16 GiB, 6 up to 24, 8 up to 32.
+L4_MAX_MEMORY_GIB_BY_CPU = {4: 16.0, 6: 24.0, 8: 32.0}
+L4_MIN_MEMORY_GIB = 16.0
+_MEMORY_UNITS = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
 
 
-def _gib(value: str) -> float:
-    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
-    for suffix, scale in units.items():
+def parse_cpu(value: str) -> float | None:
+    """CPUs in Cloud Run's spelling (`8`, `8000m`); None when it is not a number."""
+    try:
+        return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    except ValueError:
+        return None
+
+
+def parse_memory_gib(value: str) -> float | None:
+    """GiB in Cloud Run's spelling (`32Gi`, `16384Mi`, `34G`); None without a known unit."""
+    for suffix, scale in _MEMORY_UNITS.items():
         if value.endswith(suffix):
-            return float(value[: -len(suffix)]) * scale
-    raise ValueError(f"memory {value!r} needs a unit such as Gi or Mi, e.g. '32Gi'.")
+            try:
+                return float(value[: -len(suffix)]) * scale
+            except ValueError:
+                return None
+    return None
+
+
+def resource_problems(cpu: str, memory: str) -> list[str]:
+    """What Cloud Run would refuse in one L4 instance's cpu and memory, each with its fix."""
+    cpus = parse_cpu(cpu)
+    gib = parse_memory_gib(memory)
+    problems = []
+    allowed = ", ".join(str(c) for c in L4_MAX_MEMORY_GIB_BY_CPU)
+    if cpus not in L4_MAX_MEMORY_GIB_BY_CPU:
+        problems.append(f"cpu={cpu!r}: an L4 instance takes {allowed} CPUs; set one of them.")
+    if gib is None:
+        problems.append(f"memory={memory!r}: write it with a unit, like 32Gi or 16384Mi.")
+    elif gib < L4_MIN_MEMORY_GIB:
+        problems.append(f"memory={memory!r}: an L4 instance needs at least 16Gi.")
+    if cpus in L4_MAX_MEMORY_GIB_BY_CPU and gib is not None:
+        cap = L4_MAX_MEMORY_GIB_BY_CPU[int(cpus)]
+        if gib > cap:
+            more = [f"{c} CPUs" for c, m in L4_MAX_MEMORY_GIB_BY_CPU.items() if m >= gib]
+            fix = f"set cpu to {more[0].split()[0]} or more" if more else "lower memory"
+            problems.append(
+                f"memory={memory!r} is more than Cloud Run allows with {cpu} CPUs "
+                f"(at most {cap:g}Gi): {fix}, or set memory to {cap:g}Gi."
+            )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -418,9 +454,9 @@ class CloudRunGpuService(pulumi.ComponentResource):
         self.runtime_account = gcp.serviceaccount.Account(
             f"{name}-runtime",
             project=args.project_id,
-            account_id=_account_id(service_name),
+            account_id=runtime_account_id(service_name, args.account_suffix),
             display_name=f"Cloud Run runtime for {service_name}",
-            opts=child,
+            opts=fixed_id_options(child),
         )
         runtime_member = self.runtime_account.email.apply(lambda e: f"serviceAccount:{e}")
         grants: list[pulumi.Resource] = []
@@ -599,22 +635,9 @@ def _startup_probe(
     )
 
 
-def _account_id(service_name: str) -> str:
-    """`<service>-run`, within IAM's 30 characters; long names keep a hash of the full name
-    so two services that share their first characters never share an account."""
-    if len(service_name) <= 26:
-        account = f"{service_name}-run"
-    else:
-        digest = hashlib.sha256(service_name.encode()).hexdigest()[:4]
-        account = f"{service_name[:21].rstrip('-')}-{digest}-run"
-    if len(account) < 6:
-        account = f"gemma-{account}"
-    if not _ACCOUNT_ID.match(account):
-        raise ValueError(
-            f"cannot derive a service account id from {service_name!r}; use a service name of "
-            "lowercase letters, digits and hyphens."
-        )
-    return account
+def runtime_account_id(service_name: str, suffix: str = "") -> str:
+    """`<service>[-<suffix>]-run` within IAM's 30 characters (long names keep a hash)."""
+    return service_account_id(scoped_id(service_name, suffix, 26) + "-run")
 
 
 def _curl_example(uri: pulumi.Output[str], args: CloudRunGpuServiceArgs) -> pulumi.Output[str]:

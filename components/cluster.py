@@ -10,9 +10,16 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.resource_ids import fixed_id_options
+
 RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
-# Autopilot creation and upgrades regularly take 10-20 minutes; the provider default is shorter.
-CLUSTER_TIMEOUT = "30m"
+# The google provider's own defaults for clusters; Autopilot upgrades can take the whole hour,
+# and a shorter timeout leaves Pulumi's state behind the cluster's real one.
+CLUSTER_TIMEOUTS = pulumi.CustomTimeouts(create="40m", update="60m", delete="40m")
+# What a node needs to run (logging, monitoring, pulling Google's images). Organisations
+# created since May 2024 give the default compute account no roles, so nodes get their own.
+NODE_ROLES = ("roles/container.defaultNodeServiceAccount",)
+NODE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,9 @@ class AutopilotClusterArgs:
     project_id: pulumi.Input[str]
     region: str
     cluster_name: str
+    node_account_id: str
+    # The stack's image repository, which the nodes pull the chat image from.
+    image_repository: gcp.artifactregistry.Repository | None = None
     release_channel: str = "REGULAR"
     deletion_protection: bool = True
     network: str = "default"
@@ -76,8 +86,12 @@ def kubeconfig_for(
 
 
 class AutopilotCluster(pulumi.ComponentResource):
-    """A GKE Autopilot cluster on the default network, plus a provider for its workloads."""
+    """A GKE Autopilot cluster on the default network, plus a provider for its workloads.
 
+    Its nodes run as a dedicated service account, never as the default compute account.
+    """
+
+    node_account: gcp.serviceaccount.Account
     cluster: gcp.container.Cluster
     provider: kubernetes.Provider
     name: pulumi.Output[str]
@@ -96,6 +110,37 @@ class AutopilotCluster(pulumi.ComponentResource):
                 f"AutopilotCluster {name!r}: release channel {args.release_channel!r} must be "
                 f"one of {', '.join(RELEASE_CHANNELS)}."
             )
+        child = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
+        self.node_account = gcp.serviceaccount.Account(
+            f"{name}-nodes",
+            project=args.project_id,
+            account_id=args.node_account_id,
+            display_name=f"GKE nodes of {args.cluster_name}",
+            opts=fixed_id_options(child),
+        )
+        node_member = self.node_account.member
+        grants: list[pulumi.Resource] = [
+            gcp.projects.IAMMember(
+                f"{name}-nodes-{role.rsplit('/', 1)[-1].lower()}",
+                project=args.project_id,
+                role=role,
+                member=node_member,
+                opts=child,
+            )
+            for role in NODE_ROLES
+        ]
+        if args.image_repository is not None:
+            grants.append(
+                gcp.artifactregistry.RepositoryIamMember(
+                    f"{name}-nodes-image-reader",
+                    project=args.image_repository.project,
+                    location=args.image_repository.location,
+                    repository=args.image_repository.name,
+                    role="roles/artifactregistry.reader",
+                    member=node_member,
+                    opts=child,
+                )
+            )
         self.cluster = gcp.container.Cluster(
             f"{name}-cluster",
             project=args.project_id,
@@ -104,14 +149,19 @@ class AutopilotCluster(pulumi.ComponentResource):
             enable_autopilot=True,
             network=args.network,
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
+            # On Autopilot this is where the nodes' service account is set.
+            cluster_autoscaling=gcp.container.ClusterClusterAutoscalingArgs(
+                auto_provisioning_defaults=gcp.container.ClusterClusterAutoscalingAutoProvisioningDefaultsArgs(
+                    service_account=self.node_account.email, oauth_scopes=list(NODE_SCOPES)
+                )
+            ),
             deletion_protection=args.deletion_protection,
             resource_labels={"part-of": "gemma-stack"},
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=list(args.depends_on),
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=CLUSTER_TIMEOUT, update=CLUSTER_TIMEOUT, delete=CLUSTER_TIMEOUT
-                ),
+                depends_on=[*args.depends_on, *grants],
+                custom_timeouts=CLUSTER_TIMEOUTS,
+                delete_before_replace=True,
                 # Autopilot manages node settings itself; a diff there would replace the cluster.
                 ignore_changes=["nodeConfig", "nodePoolAutoConfig", "nodePoolDefaults"],
             ),
@@ -131,5 +181,10 @@ class AutopilotCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs(
-            {"name": self.name, "endpoint": self.endpoint, "kubeconfig": self.kubeconfig}
+            {
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "kubeconfig": self.kubeconfig,
+                "nodeServiceAccount": self.node_account.email,
+            }
         )

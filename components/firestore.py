@@ -60,6 +60,8 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
                 parent=self,
                 depends_on=list(args.depends_on),
                 protect=args.delete_protection,
+                # The name is ours, so a replacement must free it first (else a 409).
+                delete_before_replace=True,
             ),
         )
         # "My conversations, newest first" filters on owner and sorts on updated_at, a query

@@ -9,6 +9,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.resource_ids import fixed_id_options
+
 
 def workload_principal(
     project_id: pulumi.Input[str],
@@ -145,7 +147,7 @@ class ImpersonatedServiceAccount(pulumi.ComponentResource):
             project=args.project_id,
             account_id=args.account_id,
             display_name=args.display_name,
-            opts=child,
+            opts=fixed_id_options(child),
         )
         self.email = self.account.email
         self.member = self.account.member

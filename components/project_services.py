@@ -9,8 +9,9 @@ import pulumi
 import pulumi_gcp as gcp
 
 # The APIs the reference deployments enable, plus iamcredentials, which mints the chat app's
-# ID tokens for Cloud Run.
+# ID tokens for Cloud Run, and compute, which GKE needs before a cluster can be created.
 STACK_APIS: tuple[str, ...] = (
+    "compute.googleapis.com",
     "cloudbuild.googleapis.com",
     "artifactregistry.googleapis.com",
     "container.googleapis.com",

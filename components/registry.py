@@ -19,6 +19,8 @@ import pulumi
 import pulumi_command as command
 import pulumi_gcp as gcp
 
+from components.resource_ids import fixed_id_options
+
 BUILD_CONFIG = Path(__file__).resolve().with_name("cloudbuild.yaml")
 # Caches and bytecode change without the app changing; they must not trigger a rebuild.
 _IGNORED_DIRS = frozenset(
@@ -87,7 +89,7 @@ class ArtifactRegistry(pulumi.ComponentResource):
             repository_id=args.repository_id,
             format="DOCKER",
             description="Images built by gemma-stack (chat app, inference app).",
-            opts=child,
+            opts=fixed_id_options(child),
         )
         self.url = pulumi.Output.concat(
             args.region, "-docker.pkg.dev/", self.repository.project, "/", args.repository_id
@@ -114,7 +116,7 @@ class ArtifactRegistry(pulumi.ComponentResource):
             project=args.project_id,
             account_id=args.build_account_id,
             display_name="gemma-stack image builds (Cloud Build)",
-            opts=child,
+            opts=fixed_id_options(child),
         )
         self.build_service_account_email = self.build_service_account.email
         member = self.build_service_account.member

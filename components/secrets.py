@@ -46,7 +46,10 @@ class StoredSecret(pulumi.ComponentResource):
                 auto=gcp.secretmanager.SecretReplicationAutoArgs()
             ),
             labels={"managed-by": "pulumi", "part-of": "gemma-stack"},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            # The id is ours, so a replacement must free it first (else a 409).
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=list(args.depends_on), delete_before_replace=True
+            ),
         )
         self.version = gcp.secretmanager.SecretVersion(
             f"{name}-version",

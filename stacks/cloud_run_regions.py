@@ -18,7 +18,3 @@ CLOUD_RUN_L4_REGIONS: frozenset[str] = frozenset(
         "asia-south1",
     }
 )
-
-# Cloud Run's documented floor for an instance with one L4 GPU.
-L4_MIN_CPU = 4.0
-L4_MIN_MEMORY_GIB = 16.0

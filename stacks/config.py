@@ -15,9 +15,11 @@ from typing import Any, Literal, cast
 
 import pulumi
 
+from components.cloud_run_gpu_service import resource_problems
 from components.cluster import RELEASE_CHANNELS
 from components.gemma_on_gke import VLLM_IMAGE
-from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS, L4_MIN_CPU, L4_MIN_MEMORY_GIB
+from components.resource_ids import fitted_id, id_part, scoped_id, service_account_id
+from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
 
 NAMESPACE = "gemma-stack"  # Pulumi config namespace: keys read as `gemma-stack:<key>`.
@@ -42,7 +44,6 @@ _MEMBER = re.compile(
     r"^(user|group|serviceAccount|domain|principal|principalSet):.+$|^principal(Set)?://.+$"
 )
 _IAP_AUDIENCE = re.compile(r"^/projects/\d+/global/backendServices/\d+$")
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Mi|Gi)$")
 
 
 class ConfigError(ValueError, pulumi.RunError):
@@ -169,6 +170,34 @@ class ImagesConfig:
     inference: str | None = None
 
 
+# Short enough that `chat-invoker-<suffix>` still reads whole in a 30-character account id.
+MAX_ID_SUFFIX = 16
+
+
+@dataclass(frozen=True)
+class ResourceIds:
+    """IDs of project-wide resources, each `<base>-<idSuffix>` so two stacks never collide."""
+
+    suffix: str  # idSuffix, default the stack name
+    hf_token_secret: str
+    chat_login_secret: str
+    build_account: str
+    node_account: str
+    chat_invoker_account: str
+
+
+def resource_ids(suffix: str) -> ResourceIds:
+    """Every stack-scoped ID for ``suffix`` (secret ids allow 255 characters, accounts 30)."""
+    return ResourceIds(
+        suffix=suffix,
+        hf_token_secret=scoped_id("HF_TOKEN", suffix, 255),
+        chat_login_secret=scoped_id("chat-login", suffix, 255),
+        build_account=service_account_id(scoped_id("gemma-build", suffix, 30)),
+        node_account=service_account_id(scoped_id("gemma-nodes", suffix, 30)),
+        chat_invoker_account=service_account_id(scoped_id("chat-invoker", suffix, 30)),
+    )
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Everything the stack needs, validated."""
@@ -177,6 +206,7 @@ class StackConfig:
     region: str
     namespace: str
     artifact_repository: str
+    ids: ResourceIds
     cluster: ClusterConfig
     gke_gemma: GkeGemmaConfig
     cloud_run_services: tuple[CloudRunServiceConfig, ...]
@@ -277,14 +307,6 @@ def parse_gcs_uri(uri: str) -> GcsModel | None:
     return GcsModel(
         uri=uri.rstrip("/"), bucket=match.group(1), path=(match.group(2) or "").strip("/")
     )
-
-
-def _gib(memory: str) -> float | None:
-    match = _MEMORY.match(memory)
-    if not match:
-        return None
-    amount = float(match.group(1))
-    return amount if match.group(2) == "Gi" else amount / 1024
 
 
 def _parse_gke_gemma(r: _Reader) -> GkeGemmaConfig:
@@ -511,20 +533,8 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
                 "the merged model folder (config.json, model.safetensors, tokenizer files)."
             )
 
-    if isinstance(cpu, str):
-        try:
-            cpu_value = float(cpu)
-        except ValueError:
-            cpu_value = -1.0
-        if cpu_value < L4_MIN_CPU:
-            problems.append(f"{where}.cpu={cpu!r}: Cloud Run needs at least 4 CPUs with an L4 GPU.")
-    if isinstance(memory, str):
-        gib = _gib(memory)
-        if gib is None or gib < L4_MIN_MEMORY_GIB:
-            problems.append(
-                f"{where}.memory={memory!r}: write it like 32Gi; Cloud Run needs at least "
-                "16Gi with an L4 GPU."
-            )
+    if isinstance(cpu, str) and isinstance(memory, str):
+        problems.extend(f"{where}.{problem}" for problem in resource_problems(cpu, memory))
     if isinstance(concurrency, int) and not 1 <= concurrency <= 1000:
         problems.append(f"{where}.concurrency={concurrency} must be within 1..1000.")
     if isinstance(max_instances, int) and max_instances < 1:
@@ -642,16 +652,32 @@ def _parse_chat_app(
 def parse_stack_config(
     values: Mapping[str, str],
     *,
+    stack: str = "dev",
     hf_token: pulumi.Output[str] | None = None,
     chat_login_password: pulumi.Output[str] | None = None,
 ) -> StackConfig:
     """Build and validate a StackConfig from raw config values.
 
     `values` maps keys to strings as the engine passes them: `gcp:project`, `gcp:region`,
-    and gemma-stack keys without their namespace. Secrets come separately so their values
+    and gemma-stack keys without their namespace. `stack` names the stack; project-wide ids
+    end with it unless `idSuffix` is set. Secrets come separately so their values
     are never inspected here, only whether they are set.
     """
     r = _Reader(values)
+    explicit_suffix = r.optional_text("idSuffix")
+    if explicit_suffix is None:
+        # A long stack name keeps a hash, so two such stacks still differ.
+        suffix = fitted_id(id_part(stack), MAX_ID_SUFFIX) or "stack"
+        suffix = suffix if suffix[0].isalpha() else f"s{suffix}"
+    else:
+        suffix = id_part(explicit_suffix)
+        if not suffix[:1].isalpha() or len(suffix) > MAX_ID_SUFFIX:
+            r.problems.append(
+                f"idSuffix={explicit_suffix!r} must start with a letter and have at most "
+                f"{MAX_ID_SUFFIX} lowercase letters, digits and hyphens; it ends every "
+                "project-wide resource id (pulumi config set idSuffix dev)."
+            )
+    ids = resource_ids(suffix)
     project = values.get("gcp:project") or ""
     region = values.get("gcp:region") or "us-central1"
     if not _PROJECT_ID.match(project):
@@ -661,7 +687,7 @@ def parse_stack_config(
         )
 
     cluster = ClusterConfig(
-        name=r.text("clusterName", ClusterConfig.name),
+        name=r.text("clusterName", scoped_id("gemma", suffix, 40)),
         release_channel=r.text("clusterReleaseChannel", ClusterConfig.release_channel).upper(),
         deletion_protection=r.flag("clusterDeletionProtection", ClusterConfig.deletion_protection),
     )
@@ -685,7 +711,7 @@ def parse_stack_config(
     chat_app = _parse_chat_app(r, namespace, chat_login_password)
 
     firestore = FirestoreConfig(
-        database=r.text("firestoreDatabase", FirestoreConfig.database),
+        database=r.text("firestoreDatabase", scoped_id(FirestoreConfig.database, suffix, 63)),
         location=r.text("firestoreLocation", FirestoreConfig.location),
         delete_protection=r.flag("firestoreDeleteProtection", FirestoreConfig.delete_protection),
     )
@@ -717,7 +743,8 @@ def parse_stack_config(
         project=project,
         region=region,
         namespace=namespace,
-        artifact_repository=r.text("artifactRepository", "gemma-stack"),
+        artifact_repository=r.text("artifactRepository", scoped_id("gemma", suffix, 63)),
+        ids=ids,
         cluster=cluster,
         gke_gemma=gke_gemma,
         cloud_run_services=services,
@@ -745,6 +772,7 @@ def parse_stack_config(
 
 # Keys read from the `gemma-stack:` namespace (secrets are read separately).
 STACK_KEYS: tuple[str, ...] = (
+    "idSuffix",
     "namespace",
     "artifactRepository",
     "clusterName",
@@ -792,6 +820,7 @@ def load_stack_config() -> StackConfig:
             values[f"gcp:{key}"] = value
     return parse_stack_config(
         values,
+        stack=pulumi.get_stack(),
         hf_token=ours.get_secret("hfToken"),
         chat_login_password=ours.get_secret("chatLoginPassword"),
     )

@@ -27,9 +27,6 @@ IAP_API = "iap.googleapis.com"
 CHAT_APP_DIR = Path("app/chat")
 INFERENCE_APP_DIR = Path("app/inference")
 CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
-CHAT_INVOKER_ACCOUNT_ID = "chat-invoker"
-HF_TOKEN_SECRET_ID = "HF_TOKEN"  # noqa: S105 - the secret's name, not its value
-CHAT_LOGIN_SECRET_ID = "chat-login"  # noqa: S105 - the secret's name, not its value
 # The user name for chatExposure=login; the password is the chatLoginPassword secret.
 CHAT_LOGIN_USER = "chat"
 
@@ -124,6 +121,7 @@ def build_platform(config: StackConfig) -> Platform:
             project_id=config.project,
             region=config.region,
             repository_id=config.artifact_repository,
+            build_account_id=config.ids.build_account,
             depends_on=apis.for_apis("artifactregistry", "storage", "iam", "cloudresourcemanager"),
         ),
     )
@@ -145,7 +143,7 @@ def build_platform(config: StackConfig) -> Platform:
             StoredSecretArgs(
                 project_id=config.project,
                 value=config.hf_token,
-                secret_id=HF_TOKEN_SECRET_ID,
+                secret_id=config.ids.hf_token_secret,
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
@@ -159,7 +157,7 @@ def build_platform(config: StackConfig) -> Platform:
             StoredSecretArgs(
                 project_id=config.project,
                 value=pulumi.Output.concat(f"{CHAT_LOGIN_USER}:", config.chat_login_password),
-                secret_id=CHAT_LOGIN_SECRET_ID,
+                secret_id=config.ids.chat_login_secret,
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
@@ -185,9 +183,13 @@ def build_platform(config: StackConfig) -> Platform:
                 project_id=config.project,
                 region=config.region,
                 cluster_name=config.cluster.name,
+                node_account_id=config.ids.node_account,
+                image_repository=registry.repository,
                 release_channel=config.cluster.release_channel,
                 deletion_protection=config.cluster.deletion_protection,
-                depends_on=apis.for_apis("container"),
+                depends_on=apis.for_apis(
+                    "container", "compute", "iam", "artifactregistry", "cloudresourcemanager"
+                ),
             ),
         )
         namespace = kubernetes.core.v1.Namespace(
@@ -227,7 +229,7 @@ def build_platform(config: StackConfig) -> Platform:
             "chat-invoker",
             ImpersonatedServiceAccountArgs(
                 project_id=config.project,
-                account_id=CHAT_INVOKER_ACCOUNT_ID,
+                account_id=config.ids.chat_invoker_account,
                 display_name="gemma-stack chat app: ID tokens for Cloud Run backends",
                 impersonators=[chat_identity.principal],
                 depends_on=[cluster.cluster, *apis.for_apis("iam", "iamcredentials")],

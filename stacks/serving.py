@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi
@@ -53,7 +54,11 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
     urls: dict[str, pulumi.Output[str]] = {}
     curls: dict[str, pulumi.Output[str]] = {}
     for service_config in config.enabled_cloud_run_services:
-        service = CloudRunGpuService(service_config.name, _cloud_run_args(platform, service_config))
+        args = dataclasses.replace(
+            _cloud_run_args(platform, service_config),
+            account_suffix=config.ids.suffix,
+        )
+        service = CloudRunGpuService(service_config.name, args)
         backends.append(
             ChatBackend.from_cloud_run(
                 service, id=service_config.name, label=_cloud_run_label(service_config)

@@ -410,7 +410,7 @@ def _full_config(
 
 
 def _run_in_process(
-    config: dict[str, str], secret_keys: list[str], program: Path
+    config: dict[str, str], secret_keys: list[str], program: Path, stack: str = STACK
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     recorded: list[RecordedResource] = []
     mocks = _RecordingMocks(config.get("gcp:project", "my-gcp-project"))
@@ -425,7 +425,7 @@ def _run_in_process(
     pulumi.runtime.set_mocks(
         mocks,  # type: ignore[arg-type]
         project=PROJECT,
-        stack=STACK,
+        stack=stack,
         preview=False,
         logger=logger,
         monitor=_make_monitor(mocks, recorded),
@@ -473,12 +473,14 @@ def _execute(
     hf_token: str | object | None,
     isolated: bool,
     program: Path | None,
+    *,
+    stack: str = STACK,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     encoded, secret_keys = _full_config(config, overrides, hf_token)
     main = program or REPO_ROOT / "__main__.py"
     if not isolated:
-        return _run_in_process(encoded, secret_keys, main)
-    payload = pickle.dumps((encoded, secret_keys, str(main)))
+        return _run_in_process(encoded, secret_keys, main, stack)
+    payload = pickle.dumps((encoded, secret_keys, str(main), stack))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.pulumi_harness"],
         input=payload,
@@ -501,14 +503,16 @@ def run_program(
     hf_token: str | object | None = _UNSET,
     isolated: bool = False,
     program: Path | None = None,
+    stack: str = STACK,
 ) -> ProgramRun:
     """Run `__main__.py` under mocks (preview=False) and return what it registered.
 
     config: full config map (namespaced keys such as `gcp:project`); default Pulumi.dev.yaml.
     overrides: keys merged over it; a value of None removes the key.
     hf_token: the secret `gemma-stack:hfToken` (default a fake token; None leaves it unset).
+    stack: the stack name the program sees (`pulumi.get_stack()`).
     """
-    run, error, _ = _execute(config, overrides, hf_token, isolated, program)
+    run, error, _ = _execute(config, overrides, hf_token, isolated, program, stack=stack)
     if error is not None:
         raise error
     assert run is not None
@@ -626,8 +630,8 @@ def _child_main() -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from tests import pulumi_harness  # noqa: PLC0415, PLW0406 - as a package, not __main__
 
-    encoded, secret_keys, main = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
-    run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main))
+    encoded, secret_keys, main, stack = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main), stack)
     try:
         blob = pickle.dumps((run, error, recorded))
     except Exception:

@@ -26,7 +26,7 @@ from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from tests.pulumi_harness import ProgramRun, run_program
 
 PROJECT = "my-gcp-project"
-INVOKER_EMAIL = f"chat-invoker@{PROJECT}.iam.gserviceaccount.com"
+INVOKER_EMAIL = f"chat-invoker-dev@{PROJECT}.iam.gserviceaccount.com"
 PRINCIPAL = (
     "principal://iam.googleapis.com/projects/123456789012/locations/global/"
     "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/gemma-stack/sa/chat-app"

@@ -27,7 +27,7 @@ from components.cloud_run_gpu_service import (
 from tests.pulumi_harness import ProgramRun, run_program
 
 PROJECT = "my-gcp-project"
-CHAT = "serviceAccount:chat-invoker@my-gcp-project.iam.gserviceaccount.com"
+CHAT = "serviceAccount:chat-invoker-dev@my-gcp-project.iam.gserviceaccount.com"
 TEAM = "group:ml-team@example.com"
 INVOKERS = {"chat-app": CHAT, "ml-team": TEAM}
 HF_SECRET = "projects/123456789012/secrets/HF_TOKEN"
@@ -312,8 +312,8 @@ def test_vllm_outputs_an_openai_curl_with_an_identity_token() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: flavour_args("vllm-hf", cpu="2"), "cpu >= 4"),
-        (lambda: flavour_args("vllm-hf", memory="8Gi"), "memory >= 16Gi"),
+        (lambda: flavour_args("vllm-hf", cpu="2"), "CPUs; set one of them"),
+        (lambda: flavour_args("vllm-hf", memory="8Gi"), "needs at least 16Gi"),
         (lambda: flavour_args("vllm-hf", max_instances=0), "max_instances"),
         (lambda: flavour_args("vllm-hf", env={"PORT": "9000"}), "PORT is set by Cloud Run"),
         (lambda: flavour_args("vllm-hf", service_name="Gemma_VLLM"), "service name"),

@@ -16,12 +16,12 @@ def dev() -> ProgramRun:
 
 def test_cluster_is_autopilot_on_the_default_network(dev: ProgramRun) -> None:
     cluster = dev.one("gcp:container/cluster:Cluster")
-    assert cluster.inputs["name"] == "gemma-stack"
+    assert cluster.inputs["name"] == "gemma-dev"
     assert cluster.inputs["enableAutopilot"] is True
     assert cluster.inputs["location"] == "us-central1"
     assert cluster.inputs["network"] == "default"
     assert cluster.inputs["project"] == "my-gcp-project"
-    assert cluster.options["customTimeouts"] == {"create": "30m", "update": "30m", "delete": "30m"}
+    assert cluster.options["customTimeouts"] == {"create": "40m", "update": "60m", "delete": "40m"}
     assert cluster.parent_type == "gemma-stack:cluster:AutopilotCluster"
 
 

@@ -8,7 +8,7 @@ from tests.pulumi_harness import run_program
 def test_protected_by_default() -> None:
     run = run_program(overrides={"gemma-stack:firestoreDeleteProtection": None})
     db = run.one("gcp:firestore/database:Database")
-    assert db.inputs["name"] == "chat-app-db"
+    assert db.inputs["name"] == "chat-app-db-dev"
     assert db.inputs["locationId"] == "nam5"
     assert db.inputs["type"] == "FIRESTORE_NATIVE"
     assert db.inputs["deleteProtectionState"] == "DELETE_PROTECTION_ENABLED"
@@ -43,7 +43,7 @@ def test_no_database_without_the_chat_app() -> None:
 
 def test_conversation_list_has_its_composite_index() -> None:
     index = run_program().one("gcp:firestore/index:Index")
-    assert index.inputs["database"] == "chat-app-db"
+    assert index.inputs["database"] == "chat-app-db-dev"
     # The chat app lists a user's conversations with this exact filter and sort.
     assert index.inputs["collection"] == "chat_sessions"
     assert [(f["fieldPath"], f["order"]) for f in index.inputs["fields"]] == [

@@ -62,14 +62,14 @@ def test_registers_the_autopilot_cluster(dev: ProgramRun) -> None:
     assert cluster.inputs["network"] == "default"
     assert cluster.inputs["releaseChannel"] == {"channel": "REGULAR"}
     assert cluster.inputs["deletionProtection"] is False  # Pulumi.dev.yaml turns it off
-    assert cluster.options["customTimeouts"]["create"] == "30m"
-    assert cluster.options["customTimeouts"]["update"] == "30m"
+    assert cluster.options["customTimeouts"]["create"] == "40m"
+    assert cluster.options["customTimeouts"]["update"] == "60m"
 
 
 def test_registers_firestore_native(dev: ProgramRun) -> None:
     db = dev.one("gcp:firestore/database:Database")
     assert db.inputs["type"] == "FIRESTORE_NATIVE"
-    assert db.inputs["name"] == "chat-app-db"
+    assert db.inputs["name"] == "chat-app-db-dev"
     assert db.inputs["locationId"] == "nam5"
 
 
@@ -77,7 +77,7 @@ def test_registers_the_docker_repository(dev: ProgramRun) -> None:
     repo = dev.one("gcp:artifactregistry/repository:Repository")
     assert repo.inputs["format"] == "DOCKER"
     assert repo.inputs["location"] == "us-central1"
-    assert dev.outputs["registryUrl"] == "us-central1-docker.pkg.dev/my-gcp-project/gemma-stack"
+    assert dev.outputs["registryUrl"] == "us-central1-docker.pkg.dev/my-gcp-project/gemma-dev"
 
 
 def test_enables_every_api_and_never_disables_on_destroy(dev: ProgramRun) -> None:
@@ -122,11 +122,11 @@ def test_project_number_lookup_waits_for_resource_manager_api(dev: ProgramRun) -
 
 def test_registers_the_hf_token_secret_as_a_secret(dev: ProgramRun) -> None:
     secret = dev.one("gcp:secretmanager/secret:Secret")
-    assert secret.inputs["secretId"] == "HF_TOKEN"
+    assert secret.inputs["secretId"] == "HF_TOKEN-dev"
     version = dev.one("gcp:secretmanager/secretVersion:SecretVersion")
     assert version.inputs["secretData"] == FAKE_HF_TOKEN
     assert version.input_is_secret("secretData")
-    assert dev.outputs["hfTokenSecret"] == "HF_TOKEN"
+    assert dev.outputs["hfTokenSecret"] == "HF_TOKEN-dev"
 
 
 def test_binds_chat_roles_to_the_workload_identity_principal(dev: ProgramRun) -> None:
@@ -154,7 +154,7 @@ def test_principal_bindings_wait_for_the_cluster_that_creates_the_pool(dev: Prog
 
 def test_has_dedicated_service_accounts_and_no_keys(dev: ProgramRun) -> None:
     accounts = {a.inputs["accountId"] for a in dev.of_type("gcp:serviceaccount/account:Account")}
-    assert {"gemma-stack-build", "chat-invoker"} <= accounts
+    assert {"gemma-build-dev", "gemma-nodes-dev", "chat-invoker-dev"} <= accounts
     assert len(accounts) >= 2
     assert not [r for r in dev.resources if r.type.startswith("gcp:serviceaccount/key:")]
     assert not [r for r in dev.resources if "HmacKey" in r.type or "/key:Key" in r.type]
@@ -176,7 +176,7 @@ def test_chat_principal_may_mint_tokens_only_for_chat_invoker(dev: ProgramRun) -
         (
             "roles/iam.serviceAccountOpenIdTokenCreator",
             CHAT_PRINCIPAL,
-            "projects/my-gcp-project/serviceAccounts/chat-invoker@my-gcp-project.iam.gserviceaccount.com",
+            "projects/my-gcp-project/serviceAccounts/chat-invoker-dev@my-gcp-project.iam.gserviceaccount.com",
         )
     ]
     project_roles = {b.inputs["role"] for b in dev.of_type("gcp:projects/iAMMember:IAMMember")}
@@ -217,20 +217,20 @@ def test_exports_what_a_user_needs(dev: ProgramRun) -> None:
     outputs = dev.outputs
     assert outputs["projectId"] == "my-gcp-project"
     assert outputs["region"] == "us-central1"
-    assert outputs["clusterName"] == "gemma-stack"
-    assert outputs["firestoreDatabase"] == "chat-app-db"
+    assert outputs["clusterName"] == "gemma-dev"
+    assert outputs["firestoreDatabase"] == "chat-app-db-dev"
     assert (
-        outputs["buildServiceAccount"] == "gemma-stack-build@my-gcp-project.iam.gserviceaccount.com"
+        outputs["buildServiceAccount"] == "gemma-build-dev@my-gcp-project.iam.gserviceaccount.com"
     )
     assert (
         outputs["chatInvokerServiceAccount"]
-        == "chat-invoker@my-gcp-project.iam.gserviceaccount.com"
+        == "chat-invoker-dev@my-gcp-project.iam.gserviceaccount.com"
     )
     assert outputs["chatImage"].startswith(
-        "us-central1-docker.pkg.dev/my-gcp-project/gemma-stack/chat:"
+        "us-central1-docker.pkg.dev/my-gcp-project/gemma-dev/chat:"
     )
     assert outputs["clusterCredentialsCommand"] == (
-        "gcloud container clusters get-credentials gemma-stack "
+        "gcloud container clusters get-credentials gemma-dev "
         "--region us-central1 --project my-gcp-project"
     )
     assert all(key[0].islower() and "_" not in key for key in outputs)

@@ -18,7 +18,7 @@ from tests.pulumi_harness import (
     run_snippet_error,
 )
 
-BUILD_SA = "gemma-stack-build@my-gcp-project.iam.gserviceaccount.com"
+BUILD_SA = "gemma-build-dev@my-gcp-project.iam.gserviceaccount.com"
 BUILD_MEMBER = f"serviceAccount:{BUILD_SA}"
 
 
@@ -34,7 +34,7 @@ def _build_args(run: ProgramRun, name: str) -> list[str]:
 
 def test_repository_is_docker_in_the_stack_region(dev: ProgramRun) -> None:
     repo = dev.one("gcp:artifactregistry/repository:Repository")
-    assert repo.inputs["repositoryId"] == "gemma-stack"
+    assert repo.inputs["repositoryId"] == "gemma-dev"
     assert repo.inputs["format"] == "DOCKER"
     assert repo.parent_type == "gemma-stack:registry:ArtifactRegistry"
 
@@ -53,7 +53,7 @@ def test_build_account_holds_exactly_three_grants(dev: ProgramRun) -> None:
     assert sorted(grants) == sorted(
         [
             ("IAMMember", "roles/logging.logWriter", "my-gcp-project"),
-            ("RepositoryIamMember", "roles/artifactregistry.writer", "gemma-stack"),
+            ("RepositoryIamMember", "roles/artifactregistry.writer", "gemma-dev"),
             ("BucketIAMMember", "roles/storage.objectViewer", staging),
         ]
     )
@@ -68,7 +68,7 @@ def test_staging_bucket_is_private(dev: ProgramRun) -> None:
 def test_chat_image_is_built_on_cloud_build_as_the_build_account(dev: ProgramRun) -> None:
     args = _build_args(dev, "chat-image")
     tag = source_hash(REPO_ROOT / "app/chat")
-    image = f"us-central1-docker.pkg.dev/my-gcp-project/gemma-stack/chat:{tag}"
+    image = f"us-central1-docker.pkg.dev/my-gcp-project/gemma-dev/chat:{tag}"
     assert args[:4] == ["gcloud", "builds", "submit", "app/chat"]
     assert f"--substitutions=_IMAGE={image}" in args
     assert f"--service-account=projects/my-gcp-project/serviceAccounts/{BUILD_SA}" in args

@@ -11,13 +11,13 @@ from tests.pulumi_harness import FAKE_HF_TOKEN, run_program, run_snippet
 def test_token_is_stored_as_a_secret_version() -> None:
     run = run_program()
     secret = run.one("gcp:secretmanager/secret:Secret")
-    assert secret.inputs["secretId"] == "HF_TOKEN"
+    assert secret.inputs["secretId"] == "HF_TOKEN-dev"
     assert secret.inputs["replication"] == {"auto": {}}
     assert secret.parent_type == "gemma-stack:secrets:StoredSecret"
     version = run.one("gcp:secretmanager/secretVersion:SecretVersion")
     assert version.input_is_secret("secretData")
     assert "secretData" in version.options["additionalSecretOutputs"]
-    assert run.outputs["hfTokenSecret"] == "HF_TOKEN"
+    assert run.outputs["hfTokenSecret"] == "HF_TOKEN-dev"
     assert FAKE_HF_TOKEN not in json.dumps(run.outputs)
 
 
@@ -59,7 +59,7 @@ def test_login_credentials_live_in_secret_manager_and_reach_the_pod_by_reference
         }
     )
     secrets = {s.inputs["secretId"] for s in run.of_type("gcp:secretmanager/secret:Secret")}
-    assert secrets == {"HF_TOKEN", "chat-login"}
+    assert secrets == {"HF_TOKEN-dev", "chat-login-dev"}
     holders = sorted(r.name for r in run.resources if "s3cret-pw" in json.dumps(r.inputs))
     assert holders == ["chat-login", "chat-login-credentials-version"]
     assert run.named("chat-login").type == "kubernetes:core/v1:Secret"
@@ -67,5 +67,5 @@ def test_login_credentials_live_in_secret_manager_and_reach_the_pod_by_reference
     (container,) = run.named("chat-deployment").inputs["spec"]["template"]["spec"]["containers"]
     (credentials,) = [e for e in container["env"] if e["name"] == "LOGIN_CREDENTIALS"]
     assert "secretKeyRef" in credentials["valueFrom"]
-    assert run.outputs["chatLoginSecret"] == "chat-login"
+    assert run.outputs["chatLoginSecret"] == "chat-login-dev"
     assert run.outputs["chatLoginUser"] == "chat"

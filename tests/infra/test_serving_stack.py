@@ -21,7 +21,7 @@ IAM_MEMBER_TYPES = (
     "gcp:cloudrunv2/serviceIamBinding:ServiceIamBinding",
     "gcp:cloudrunv2/serviceIamPolicy:ServiceIamPolicy",
 )
-CHAT_INVOKER = "serviceAccount:chat-invoker@my-gcp-project.iam.gserviceaccount.com"
+CHAT_INVOKER = "serviceAccount:chat-invoker-dev@my-gcp-project.iam.gserviceaccount.com"
 SQL_SERVICE = {
     "name": "gemma-sql",
     "flavour": "finetuned",

@@ -1,0 +1,134 @@
+"""What a first `pulumi up` on a fresh project, and later updates and destroys, depend on."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pulumi_harness import ProgramRun, run_program, run_program_error
+
+ACCOUNT = "gcp:serviceaccount/account:Account"
+CLUSTER = "gcp:container/cluster:Cluster"
+# Resources whose id is fixed by us: two stacks in one project must not share one.
+FIXED_ID_INPUTS = {
+    ACCOUNT: "accountId",
+    "gcp:secretmanager/secret:Secret": "secretId",
+    "gcp:artifactregistry/repository:Repository": "repositoryId",
+    "gcp:firestore/database:Database": "name",
+    CLUSTER: "name",
+}
+
+
+@pytest.fixture(scope="module")
+def dev() -> ProgramRun:
+    return run_program()
+
+
+def _fixed_ids(run: ProgramRun) -> set[tuple[str, str]]:
+    return {
+        (r.type, r.inputs[key])
+        for r in run.resources
+        for typ, key in FIXED_ID_INPUTS.items()
+        if r.type == typ
+    }
+
+
+# ------------------------------------------------------------------ org policy: node accounts
+
+
+def test_autopilot_nodes_run_as_their_own_account_with_the_node_role(dev: ProgramRun) -> None:
+    cluster = dev.one(CLUSTER)
+    nodes = dev.named("gke-nodes")
+    assert nodes.inputs["accountId"] == "gemma-nodes-dev"
+    email = "gemma-nodes-dev@my-gcp-project.iam.gserviceaccount.com"
+    defaults = cluster.inputs["clusterAutoscaling"]["autoProvisioningDefaults"]
+    assert defaults["serviceAccount"] == email
+    assert defaults["oauthScopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
+    grants = [
+        r
+        for r in dev.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["member"] == f"serviceAccount:{email}"
+    ]
+    assert [g.inputs["role"] for g in grants] == ["roles/container.defaultNodeServiceAccount"]
+    assert all(dev.waits_for(cluster, g) for g in grants)
+
+
+def test_nodes_may_pull_from_the_stacks_repository_only(dev: ProgramRun) -> None:
+    member = "serviceAccount:gemma-nodes-dev@my-gcp-project.iam.gserviceaccount.com"
+    readers = [
+        r
+        for r in dev.of_type("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+        if r.inputs["member"] == member
+    ]
+    assert [(r.inputs["repository"], r.inputs["role"]) for r in readers] == [
+        ("gemma-dev", "roles/artifactregistry.reader")
+    ]
+    assert dev.waits_for(dev.one(CLUSTER), readers[0])
+
+
+def test_nothing_runs_as_the_default_compute_account(dev: ProgramRun) -> None:
+    text = str([r.inputs for r in dev.resources])
+    assert "-compute@developer.gserviceaccount.com" not in text
+    assert (
+        "serviceAccount"
+        in dev.one(CLUSTER).inputs["clusterAutoscaling"]["autoProvisioningDefaults"]
+    )
+
+
+def test_the_compute_api_is_enabled_before_the_cluster(dev: ProgramRun) -> None:
+    compute = dev.named("apis-compute")
+    assert compute.inputs["service"] == "compute.googleapis.com"
+    assert dev.waits_for(dev.one(CLUSTER), compute)
+
+
+# ----------------------------------------------------------------------- updates and destroy
+
+
+def test_cluster_timeouts_are_at_least_the_providers_defaults(dev: ProgramRun) -> None:
+    timeouts = dev.one(CLUSTER).options["customTimeouts"]
+    assert timeouts == {"create": "40m", "update": "60m", "delete": "40m"}
+
+
+def test_two_stacks_in_one_project_share_no_fixed_id() -> None:
+    dev_ids = _fixed_ids(run_program(stack="dev"))
+    prod_ids = _fixed_ids(run_program(stack="prod"))
+    assert len(dev_ids) >= 8  # 4 accounts, a secret, the repository, database and cluster
+    assert dev_ids.isdisjoint(prod_ids)
+    assert ("gcp:firestore/database:Database", "chat-app-db-prod") in prod_ids
+    assert ("gcp:secretmanager/secret:Secret", "HF_TOKEN-prod") in prod_ids
+    assert (ACCOUNT, "gemma3-prebuilt-prod-run") in prod_ids
+
+
+def test_id_suffix_and_explicit_ids_override_the_stack_name() -> None:
+    run = run_program(
+        stack="dev",
+        overrides={
+            "gemma-stack:idSuffix": "Team_A",
+            "gemma-stack:artifactRepository": "images",
+        },
+    )
+    ids = _fixed_ids(run)
+    assert ("gcp:artifactregistry/repository:Repository", "images") in ids
+    assert (CLUSTER, "gemma-team-a") in ids
+    assert (ACCOUNT, "chat-invoker-team-a") in ids
+
+
+def test_a_long_stack_name_still_gives_valid_distinct_account_ids() -> None:
+    one = _fixed_ids(run_program(stack="feature-branch-with-a-long-name-1"))
+    two = _fixed_ids(run_program(stack="feature-branch-with-a-long-name-2"))
+    accounts = {i for t, i in one if t == ACCOUNT}
+    assert all(6 <= len(a) <= 30 for a in accounts)
+    assert one.isdisjoint(two)
+
+
+def test_a_bad_id_suffix_is_refused_with_the_fix() -> None:
+    error, registered = run_program_error(overrides={"gemma-stack:idSuffix": "9lives"})
+    assert "idSuffix='9lives' must start with a letter" in str(error)
+    assert "pulumi config set idSuffix" in str(error)
+    assert registered == []
+
+
+def test_fixed_id_resources_are_replaced_delete_first(dev: ProgramRun) -> None:
+    # With a fixed id, create-before-delete would ask for a name still in use: a 409.
+    for resource in dev.resources:
+        if resource.type in FIXED_ID_INPUTS:
+            assert resource.options["deleteBeforeReplace"], resource.name
