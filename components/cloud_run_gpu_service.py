@@ -11,7 +11,15 @@ from typing import Any, Literal
 import pulumi
 import pulumi_gcp as gcp
 
-from components.gemma_on_gke import VLLM_IMAGE
+from components.gpu_software import (
+    CLOUD_RUN_VLLM_IMAGE,
+    INFERENCE_IMAGE_CUDA,
+    PREBUILT_IMAGE_CUDA,
+    Cuda,
+    cloud_run_cuda_problem,
+    cuda_label,
+    vllm_image_cuda,
+)
 from components.resource_ids import fixed_id_options, scoped_id, service_account_id
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
@@ -116,11 +124,13 @@ class CloudRunGpuServiceArgs:
     # Stateless: nothing is lost on delete, and protection would block `pulumi destroy`.
     deletion_protection: bool = False
     service_name: str | None = None
+    # The CUDA runtime the image is built on (None: unknown, not checked against the driver).
+    cuda: Cuda | None = None
     # Ends the runtime account id, `<service>-<suffix>-run`, so stacks never share one.
     account_suffix: str = ""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
-    def validate(self, name: str) -> None:
+    def validate(self, name: str) -> None:  # noqa: PLR0912 - one readable check per rule
         """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
         where = f"CloudRunGpuService {name!r}"
         service = self.service_name or name
@@ -131,6 +141,10 @@ class CloudRunGpuServiceArgs:
             )
         if problems := resource_problems(self.cpu, self.memory):
             raise ValueError(f"{where}: {' '.join(problems)}")
+        if isinstance(self.image, str) and (
+            problem := cloud_run_cuda_problem(self.image, self.cuda)
+        ):
+            raise ValueError(f"{where}: {problem}")
         if not 1 <= self.concurrency <= 1000:
             raise ValueError(f"{where}: concurrency must be within 1..1000.")
         if self.max_instances < 1 or not 0 <= self.min_instances <= self.max_instances:
@@ -294,6 +308,7 @@ def prebuilt_gemma(
         region=region,
         flavour="prebuilt",
         image=image or PREBUILT_IMAGE.format(variant=size),
+        cuda=None if image else PREBUILT_IMAGE_CUDA,
         model_name=f"gemma3:{size}",
         api_kind="gemini",
         # Ollama's parallelism must match what Cloud Run sends one instance, or requests queue.
@@ -321,7 +336,7 @@ def vllm_gemma(
     model_bucket: pulumi.Input[str] | None = None,
     model_path: str = "",
     settings: ServiceSettings = VLLM_SETTINGS,
-    image: str = VLLM_IMAGE,
+    image: str = CLOUD_RUN_VLLM_IMAGE,
     service_name: str | None = None,
     depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> CloudRunGpuServiceArgs:
@@ -357,6 +372,7 @@ def vllm_gemma(
         region=region,
         flavour="vllm",
         image=image,
+        cuda=vllm_image_cuda(image),
         model_name=model_id,
         api_kind="openai",
         # After the image's `vllm serve` entrypoint: the model first, then the flags.
@@ -408,6 +424,8 @@ def finetuned_gemma(
         region=region,
         flavour="finetuned",
         image=image,
+        # Our app/inference image, unless a caller passes another one.
+        cuda=INFERENCE_IMAGE_CUDA,
         model_name=model_name,
         api_kind="openai",
         env={
@@ -519,6 +537,8 @@ class CloudRunGpuService(pulumi.ComponentResource):
                 )
             )
         labels: dict[str, str] = {"gemma-stack-flavour": args.flavour}
+        if args.cuda is not None:
+            labels["gemma-stack-cuda"] = cuda_label(args.cuda)
         if args.public:
             # Lets policy checks tell a deliberate public service from an accident.
             labels["gemma-stack-public"] = "true"

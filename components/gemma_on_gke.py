@@ -8,12 +8,18 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.gpu_software import VLLM_IMAGE, vllm_image_cuda
 from components.pod_security import restricted_container, restricted_pod
 
-# A tag we have read the flags of; upgrading vLLM is a deliberate change.
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 VLLM_PORT = 8000
-L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+# `latest` is the driver Google's GKE GPU samples select: our vLLM image is built on CUDA 13,
+# which the default driver of older GKE versions cannot run.
+L4_SELECTOR = {
+    "cloud.google.com/gke-accelerator": "nvidia-l4",
+    "cloud.google.com/gke-gpu-driver-version": "latest",
+}
+# States the CUDA runtime the container needs, for whoever debugs a driver mismatch.
+CUDA_ANNOTATION = "gemma-stack/cuda"
 # Autopilot offers L4 pods with these GPU counts only.
 AUTOPILOT_L4_COUNTS = (1, 2, 4, 8)
 # Probes start once the container runs (image pull and GPU node provisioning do not count):
@@ -164,6 +170,8 @@ class GemmaOnGke(pulumi.ComponentResource):
             kubernetes.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),  # noqa: S108
         ]
         pod_annotations: dict[str, str] = {}
+        if (cuda := vllm_image_cuda(args.image)) is not None:
+            pod_annotations[CUDA_ANNOTATION] = f"{cuda[0]}.{cuda[1]}"
 
         self.hf_secret: kubernetes.core.v1.Secret | None = None
         if args.hf_token is not None:

@@ -17,7 +17,12 @@ import pulumi
 
 from components.cloud_run_gpu_service import resource_problems
 from components.cluster import RELEASE_CHANNELS
-from components.gemma_on_gke import VLLM_IMAGE
+from components.gpu_software import (
+    VLLM_IMAGE,
+    cloud_run_cuda_problem,
+    cuda_12_vllm_image,
+    vllm_image_cuda,
+)
 from components.resource_ids import fitted_id, id_part, scoped_id, service_account_id
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
@@ -435,7 +440,7 @@ def _typed(
 
 
 def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
-    problems: list[str], index: int, raw: Any, region: str
+    problems: list[str], index: int, raw: Any, region: str, vllm_image: str
 ) -> CloudRunServiceConfig | None:
     where = f"cloudRunServices[{index}]"
     if not isinstance(raw, dict):
@@ -510,7 +515,10 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     elif flavour == "vllm":
         model = t("model", str, "google/gemma-3-1b-it")
         max_model_len = t("maxModelLen", int, 8192)
-        image = image or DEFAULT_VLLM_IMAGE
+        # Cloud Run's driver runs CUDA 12 only: by default the CUDA 12 build of vllmImage.
+        image = image or cuda_12_vllm_image(vllm_image)
+        if problem := cloud_run_cuda_problem(image, vllm_image_cuda(image)):
+            problems.append(f"{where}: {problem}")
         if isinstance(model, str) and model.startswith("gs://"):
             gcs_model = parse_gcs_uri(model)
             if gcs_model is None or not gcs_model.path:
@@ -586,8 +594,11 @@ def _parse_services(r: _Reader, region: str) -> tuple[CloudRunServiceConfig, ...
     if not isinstance(raw, list):
         r.problems.append("cloudRunServices must be a list of service objects.")
         return ()
+    vllm_image = r.text("vllmImage", DEFAULT_VLLM_IMAGE)
     services = [
-        s for i, item in enumerate(raw) if (s := _parse_service(r.problems, i, item, region))
+        s
+        for i, item in enumerate(raw)
+        if (s := _parse_service(r.problems, i, item, region, vllm_image))
     ]
     names = [s.name for s in services]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -51,3 +51,16 @@ def test_no_model_in_the_image() -> None:
 def test_no_compiler_needed_because_nothing_compiles() -> None:
     sources = "\n".join(p.read_text() for p in APP.glob("*.py"))
     assert "torch.compile(" not in sources
+
+
+def test_torch_is_built_for_the_cuda_the_stack_checks_against_cloud_runs_driver() -> None:
+    from components.gpu_software import CLOUD_RUN_L4_DRIVER, INFERENCE_IMAGE_CUDA  # noqa: PLC0415
+
+    steps = _instructions()
+    (torch_cuda,) = [
+        arg.split("=", 1)[1] for op, arg in steps if op == "ARG" and "TORCH_CUDA" in arg
+    ]
+    assert torch_cuda == f"cu{INFERENCE_IMAGE_CUDA[0]}{INFERENCE_IMAGE_CUDA[1]}"
+    (install,) = [arg for op, arg in steps if op == "RUN" and "torch==" in arg]
+    assert "/whl/${TORCH_CUDA}" in install
+    assert CLOUD_RUN_L4_DRIVER.runs(INFERENCE_IMAGE_CUDA)

@@ -222,7 +222,7 @@ def test_flavour_defaults() -> None:
     assert not prebuilt.gpu_zonal_redundancy
     assert not prebuilt.public
     assert vllm.model == "google/gemma-3-1b-it"
-    assert vllm.image == DEFAULT_VLLM_IMAGE
+    assert vllm.image == f"{DEFAULT_VLLM_IMAGE}-cu129"  # Cloud Run runs CUDA 12 only
     assert vllm.max_model_len == 8192
     assert (finetuned.cpu, finetuned.memory, finetuned.concurrency) == ("4", "16Gi", 1)
     assert finetuned.timeout_seconds == 900

@@ -89,7 +89,10 @@ def test_each_variant_requests_its_l4s_with_the_l4_selector(variant: str) -> Non
     sizing = GEMMA_SIZING[variant]
     run = deploy(sizing)
     spec, vllm = pod_spec(run), container(run)
-    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert spec["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "cloud.google.com/gke-gpu-driver-version": "latest",
+    }
     for kind in ("requests", "limits"):
         res = vllm["resources"][kind]
         assert res["nvidia.com/gpu"] == str(sizing.gpu_count)
@@ -239,7 +242,10 @@ def test_gcs_model_mounts_the_bucket_read_only_and_grants_that_bucket_only() -> 
         gcs_path="merged/gemma-3-1b-sql",
     )
     template = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]
-    assert template["metadata"]["annotations"] == {"gke-gcsfuse/volumes": "true"}
+    assert template["metadata"]["annotations"] == {
+        "gke-gcsfuse/volumes": "true",
+        "gemma-stack/cuda": "13.0",
+    }
     model = next(v for v in template["spec"]["volumes"] if v["name"] == "model")
     assert model["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
     assert model["csi"]["readOnly"] is True
@@ -264,7 +270,7 @@ def test_gcs_model_mounts_the_bucket_read_only_and_grants_that_bucket_only() -> 
 def test_hugging_face_model_has_no_fuse_volume_and_no_bucket_grant() -> None:
     run = deploy(GEMMA_SIZING["gemma-3-4b-it"])
     template = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]
-    assert "annotations" not in template["metadata"]
+    assert template["metadata"]["annotations"] == {"gemma-stack/cuda": "13.0"}
     assert all("csi" not in v for v in template["spec"]["volumes"])
     assert run.of_type("gcp:storage/bucketIAMMember:BucketIAMMember") == []
 

@@ -60,7 +60,10 @@ def chat_backends(run: ProgramRun) -> list[dict[str, Any]]:
 def test_gemma_runs_on_l4_gpus_with_probes_and_a_bounded_context(dev: ProgramRun) -> None:
     (deployment,) = gpu_deployments(dev)
     spec = pod_spec(deployment)
-    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert spec["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "cloud.google.com/gke-gpu-driver-version": "latest",
+    }
     (vllm,) = spec["containers"]
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # Gemma 3's default 128K context would exhaust an L4's KV cache.
