@@ -12,6 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from components.gemma_on_gke import VLLM_IMAGE
+from components.iam_wait import wait_for_grants
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
 ApiKind = Literal["openai", "gemini"]
@@ -423,7 +424,7 @@ class CloudRunGpuService(pulumi.ComponentResource):
             opts=child,
         )
         runtime_member = self.runtime_account.email.apply(lambda e: f"serviceAccount:{e}")
-        grants: list[pulumi.Resource] = []
+        grants: list[pulumi.CustomResource] = []
         for env_name, secret in sorted(args.secret_env.items()):
             grants.append(
                 gcp.secretmanager.SecretIamMember(
@@ -446,6 +447,11 @@ class CloudRunGpuService(pulumi.ComponentResource):
                     opts=child,
                 )
             )
+
+        # The image needs no grant: Cloud Run's service agent reads this project's registry.
+        waits: list[pulumi.Resource] = (
+            [wait_for_grants(f"{name}-grants-applied", grants, parent=self)] if grants else []
+        )
 
         envs = [
             gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=key, value=value)
@@ -532,8 +538,9 @@ class CloudRunGpuService(pulumi.ComponentResource):
                     )
                 ],
             ),
-            # Cloud Run checks secret access when it creates the revision.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *grants]),
+            # Cloud Run checks secret access when it creates the revision, and the first
+            # instance reads the model bucket before the revision turns ready.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *waits]),
         )
 
         self.invoker_bindings: list[gcp.cloudrunv2.ServiceIamMember] = [
