@@ -17,6 +17,7 @@ import pulumi
 
 from components.cluster import RELEASE_CHANNELS
 from components.gemma_on_gke import VLLM_IMAGE
+from components.registry import DEFAULT_BUILD_REGION, build_region_problem
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS, L4_MIN_CPU, L4_MIN_MEMORY_GIB
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
 
@@ -183,6 +184,8 @@ class StackConfig:
     chat_app: ChatAppConfig
     firestore: FirestoreConfig
     images: ImagesConfig
+    # Where Cloud Build runs the image builds; the images still go to `region`'s registry.
+    build_region: str = DEFAULT_BUILD_REGION
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
     # Deployable but costly or exposed choices, printed by `pulumi up` as warnings.
@@ -692,6 +695,9 @@ def parse_stack_config(
     images = ImagesConfig(
         chat=r.optional_text("chatImage"), inference=r.optional_text("inferenceImage")
     )
+    build_region = r.text("buildRegion", DEFAULT_BUILD_REGION)
+    if problem := build_region_problem(build_region):
+        r.problems.append(problem)
 
     warnings = [
         warning
@@ -724,6 +730,7 @@ def parse_stack_config(
         chat_app=chat_app,
         firestore=firestore,
         images=images,
+        build_region=build_region,
         hf_token=hf_token,
         chat_login_password=chat_login_password,
         warnings=tuple(warnings),
@@ -773,6 +780,7 @@ STACK_KEYS: tuple[str, ...] = (
     "firestoreDeleteProtection",
     "chatImage",
     "inferenceImage",
+    "buildRegion",
 )
 SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword")
 

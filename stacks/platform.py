@@ -71,13 +71,17 @@ def _image(
         name,
         ImageBuildArgs(
             project_id=config.project,
-            region=config.region,
             registry_url=registry.url,
             image_name=folder.name,
             context_dir=folder,
             build_service_account_email=registry.build_service_account_email,
             staging_bucket=registry.staging_bucket_name,
-            depends_on=[registry, *apis.for_apis("cloudbuild", "artifactregistry")],
+            build_region=config.build_region,
+            depends_on=[
+                registry,
+                registry.build_access,
+                *apis.for_apis("cloudbuild", "artifactregistry"),
+            ],
         ),
     )
     return build.image
@@ -124,6 +128,7 @@ def build_platform(config: StackConfig) -> Platform:
             project_id=config.project,
             region=config.region,
             repository_id=config.artifact_repository,
+            build_region=config.build_region,
             depends_on=apis.for_apis("artifactregistry", "storage", "iam", "cloudresourcemanager"),
         ),
     )
