@@ -37,6 +37,10 @@ CLOUD_BUILD_REGIONS = (
     "southamerica-east1",
 )
 DEFAULT_BUILD_REGION = "us-central1"
+# Content-hash tags pile up with every change; the newest few per image are always kept, so
+# whatever is deployed (the latest build) and a few rollbacks survive the cleanup.
+KEEP_RECENT_IMAGES = 5
+DELETE_IMAGES_OLDER_THAN = "30d"
 # Caches and bytecode change without the app changing; they must not trigger a rebuild.
 _IGNORED_DIRS = frozenset(
     {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", "node_modules", ".git"}
@@ -136,6 +140,24 @@ class ArtifactRegistry(pulumi.ComponentResource):
             repository_id=args.repository_id,
             format="DOCKER",
             description="Images built by gemma-stack (chat app, inference app).",
+            # KEEP wins over DELETE, so the newest tags of each image stay however old they are.
+            cleanup_policy_dry_run=False,
+            cleanup_policies=[
+                ar.RepositoryCleanupPolicyArgs(
+                    id="keep-recent-images",
+                    action="KEEP",
+                    most_recent_versions=ar.RepositoryCleanupPolicyMostRecentVersionsArgs(
+                        keep_count=KEEP_RECENT_IMAGES
+                    ),
+                ),
+                ar.RepositoryCleanupPolicyArgs(
+                    id="delete-old-images",
+                    action="DELETE",
+                    condition=ar.RepositoryCleanupPolicyConditionArgs(
+                        tag_state="ANY", older_than=DELETE_IMAGES_OLDER_THAN
+                    ),
+                ),
+            ],
             opts=child,
         )
         self.url = pulumi.Output.concat(

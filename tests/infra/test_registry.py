@@ -12,6 +12,8 @@ import pytest
 from components.iam_wait import IAM_PROPAGATION
 from components.registry import (
     CLOUD_BUILD_REGIONS,
+    DELETE_IMAGES_OLDER_THAN,
+    KEEP_RECENT_IMAGES,
     image_tag,
     source_hash,
 )
@@ -72,6 +74,27 @@ def test_staging_bucket_is_private(dev: ProgramRun) -> None:
     bucket = dev.one("gcp:storage/bucket:Bucket")
     assert bucket.inputs["uniformBucketLevelAccess"] is True
     assert bucket.inputs["publicAccessPrevention"] == "enforced"
+
+
+def test_repository_cleanup_keeps_the_newest_images_and_deletes_old_ones(dev: ProgramRun) -> None:
+    repo = dev.one("gcp:artifactregistry/repository:Repository")
+    assert repo.inputs["cleanupPolicyDryRun"] is False
+    policies = {p["id"]: p for p in repo.inputs["cleanupPolicies"]}
+    assert policies == {
+        # KEEP outranks DELETE: the latest build of each image, the deployed one, always stays.
+        "keep-recent-images": {
+            "id": "keep-recent-images",
+            "action": "KEEP",
+            "mostRecentVersions": {"keepCount": KEEP_RECENT_IMAGES},
+        },
+        "delete-old-images": {
+            "id": "delete-old-images",
+            "action": "DELETE",
+            "condition": {"tagState": "ANY", "olderThan": DELETE_IMAGES_OLDER_THAN},
+        },
+    }
+    assert KEEP_RECENT_IMAGES >= 2  # the deployed image and at least one to roll back to
+    assert DELETE_IMAGES_OLDER_THAN == "30d"
 
 
 def test_chat_image_is_built_on_cloud_build_as_the_build_account(dev: ProgramRun) -> None:
