@@ -20,6 +20,7 @@ from components.gpu_software import (
     cuda_label,
     vllm_image_cuda,
 )
+from components.iam_wait import wait_for_grants
 from components.resource_ids import fixed_id_options, scoped_id, service_account_id
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
@@ -477,7 +478,7 @@ class CloudRunGpuService(pulumi.ComponentResource):
             opts=fixed_id_options(child),
         )
         runtime_member = self.runtime_account.email.apply(lambda e: f"serviceAccount:{e}")
-        grants: list[pulumi.Resource] = []
+        grants: list[pulumi.CustomResource] = []
         for env_name, secret in sorted(args.secret_env.items()):
             grants.append(
                 gcp.secretmanager.SecretIamMember(
@@ -500,6 +501,11 @@ class CloudRunGpuService(pulumi.ComponentResource):
                     opts=child,
                 )
             )
+
+        # The image needs no grant: Cloud Run's service agent reads this project's registry.
+        waits: list[pulumi.Resource] = (
+            [wait_for_grants(f"{name}-grants-applied", grants, parent=self)] if grants else []
+        )
 
         envs = [
             gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=key, value=value)
@@ -588,8 +594,9 @@ class CloudRunGpuService(pulumi.ComponentResource):
                     )
                 ],
             ),
-            # Cloud Run checks secret access when it creates the revision.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *grants]),
+            # Cloud Run checks secret access when it creates the revision, and the first
+            # instance reads the model bucket before the revision turns ready.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *waits]),
         )
 
         self.invoker_bindings: list[gcp.cloudrunv2.ServiceIamMember] = [

@@ -23,6 +23,7 @@ from components.gpu_software import (
     cuda_12_vllm_image,
     vllm_image_cuda,
 )
+from components.registry import DEFAULT_BUILD_REGION, build_region_problem
 from components.resource_ids import fitted_id, id_part, scoped_id, service_account_id
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS
 from stacks.gemma_sizing import GEMMA_SIZING, GEMMA_VARIANTS, GemmaSizing, sizing_problems
@@ -218,6 +219,8 @@ class StackConfig:
     chat_app: ChatAppConfig
     firestore: FirestoreConfig
     images: ImagesConfig
+    # Where Cloud Build runs the image builds; the images still go to `region`'s registry.
+    build_region: str = DEFAULT_BUILD_REGION
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
     # Deployable but costly or exposed choices, printed by `pulumi up` as warnings.
@@ -729,6 +732,9 @@ def parse_stack_config(
     images = ImagesConfig(
         chat=r.optional_text("chatImage"), inference=r.optional_text("inferenceImage")
     )
+    build_region = r.text("buildRegion", DEFAULT_BUILD_REGION)
+    if problem := build_region_problem(build_region):
+        r.problems.append(problem)
 
     warnings = [
         warning
@@ -762,6 +768,7 @@ def parse_stack_config(
         chat_app=chat_app,
         firestore=firestore,
         images=images,
+        build_region=build_region,
         hf_token=hf_token,
         chat_login_password=chat_login_password,
         warnings=tuple(warnings),
@@ -812,6 +819,7 @@ STACK_KEYS: tuple[str, ...] = (
     "firestoreDeleteProtection",
     "chatImage",
     "inferenceImage",
+    "buildRegion",
 )
 SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword")
 

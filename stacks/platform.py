@@ -68,13 +68,17 @@ def _image(
         name,
         ImageBuildArgs(
             project_id=config.project,
-            region=config.region,
             registry_url=registry.url,
             image_name=folder.name,
             context_dir=folder,
             build_service_account_email=registry.build_service_account_email,
             staging_bucket=registry.staging_bucket_name,
-            depends_on=[registry, *apis.for_apis("cloudbuild", "artifactregistry")],
+            build_region=config.build_region,
+            depends_on=[
+                registry,
+                registry.build_access,
+                *apis.for_apis("cloudbuild", "artifactregistry"),
+            ],
         ),
     )
     return build.image
@@ -122,6 +126,7 @@ def build_platform(config: StackConfig) -> Platform:
             region=config.region,
             repository_id=config.artifact_repository,
             build_account_id=config.ids.build_account,
+            build_region=config.build_region,
             depends_on=apis.for_apis("artifactregistry", "storage", "iam", "cloudresourcemanager"),
         ),
     )

@@ -24,6 +24,7 @@ from components.cloud_run_gpu_service import (
     prebuilt_gemma,
     vllm_gemma,
 )
+from components.iam_wait import IAM_PROPAGATION
 from tests.pulumi_harness import ProgramRun, run_program
 
 PROJECT = "my-gcp-project"
@@ -34,6 +35,7 @@ HF_SECRET = "projects/123456789012/secrets/HF_TOKEN"
 SERVICE = "gcp:cloudrunv2/service:Service"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 INVOKER = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
+SLEEP = "time:index/sleep:Sleep"
 _PROGRAM = Path(tempfile.mkdtemp(prefix="serving-run-")) / "__main__.py"
 _PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
 
@@ -212,6 +214,36 @@ def test_invokers_from_config_members_get_stable_distinct_labels() -> None:
     assert invokers_from([TEAM]) == {k: v for k, v in labelled.items() if v == TEAM}
     run = deploy(flavour_args("finetuned", invokers=labelled))
     assert len(run.of_type(INVOKER)) == 3
+
+
+# The grants each flavour's revision uses as it deploys (the prebuilt image needs none).
+DEPLOY_TIME_GRANTS = {
+    "prebuilt": [],
+    "vllm-hf": [("gcp:secretmanager/secretIamMember:SecretIamMember", HF_SECRET)],
+    "vllm-gcs": [("gcp:storage/bucketIAMMember:BucketIAMMember", "team-models")],
+    "finetuned": [("gcp:storage/bucketIAMMember:BucketIAMMember", "team-models")],
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_revision_waits_until_its_grants_have_had_time_to_apply(flavour: str) -> None:
+    run = deploy(flavour_args(flavour))
+    service = run.one(SERVICE)
+    grants = [r for r in run.resources if "iam" in r.type.lower() and r.type != INVOKER]
+    found = [(g.type, g.inputs.get("secretId") or g.inputs.get("bucket")) for g in grants]
+    assert found == DEPLOY_TIME_GRANTS[flavour]
+    waits = run.of_type(SLEEP)
+    if not grants:
+        assert waits == []  # nothing to wait for: no pause on deploy
+        return
+    (wait,) = waits
+    assert wait.inputs["createDuration"] == IAM_PROPAGATION
+    assert wait.parent_type == "gemma-stack:cloudrun:CloudRunGpuService"
+    for grant in grants:
+        assert run.waits_for(wait, grant), grant.name
+    assert run.waits_for(service, wait)
+    # The invokers are used by callers later, not by the deploy: they need not hold it up.
+    assert not any(run.waits_for(service, b) for b in run.of_type(INVOKER))
 
 
 def test_vllm_from_hugging_face_reads_the_token_by_secret_reference() -> None:

@@ -9,6 +9,7 @@ import pulumi
 import pytest
 import yaml
 
+from components.registry import CLOUD_BUILD_REGIONS
 from stacks.config import (
     DEFAULT_VLLM_IMAGE,
     STACK_KEYS,
@@ -368,6 +369,38 @@ def test_prebuilt_images_skip_builds() -> None:
     config = parse({"gemma-stack:chatImage": "us-docker.pkg.dev/p/r/chat:1"})
     assert not config.builds_chat_image
     assert config.images.chat == "us-docker.pkg.dev/p/r/chat:1"
+
+
+# --------------------------------------------------------------------------- image builds
+
+
+def test_builds_run_in_us_central1_unless_build_region_says_otherwise() -> None:
+    assert parse({"gcp:region": "europe-west4"}).build_region == "us-central1"
+    chosen = parse({"gcp:region": "europe-west4", "gemma-stack:buildRegion": "europe-west1"})
+    assert (chosen.region, chosen.build_region) == ("europe-west4", "europe-west1")
+
+
+@pytest.mark.parametrize(
+    ("region", "fix"),
+    [
+        ("europe-west4", "europe-west1"),
+        ("us-east4", "us-central1"),
+        ("asia-southeast1", "asia-east1"),
+        ("me-west1", "us-central1"),
+    ],
+)
+def test_a_build_region_cloud_build_may_refuse_names_the_allowed_ones(
+    region: str, fix: str
+) -> None:
+    (problem,) = problems({"gemma-stack:buildRegion": region})
+    assert f"buildRegion={region!r}" in problem
+    assert ", ".join(CLOUD_BUILD_REGIONS) in problem
+    assert problem.endswith(f"(pulumi config set buildRegion {fix}).")
+
+
+def test_the_schema_lists_the_build_regions_the_registry_allows() -> None:
+    description = _project()["config"]["buildRegion"]["description"]
+    assert ", ".join(CLOUD_BUILD_REGIONS) in description
 
 
 # --------------------------------------------------------------------------- Pulumi.yaml schema
