@@ -29,6 +29,8 @@ PREBUILT_VARIANTS = ("1b", "4b", "12b", "27b")
 
 PREBUILT_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/gemma3-{variant}"
 L4 = "nvidia-l4"
+# Cloud Run attaches at most one GPU to an instance; each instance counts once against L4 quota.
+GPUS_PER_INSTANCE = 1
 # Cloud Run rejects a startup probe whose period, initial delay, or failureThreshold x period
 # exceeds this, so the longest possible startup window is 240 + 240 s.
 CLOUD_RUN_PROBE_MAX_S = 240
@@ -583,7 +585,7 @@ class CloudRunGpuService(pulumi.ComponentResource):
                             limits={
                                 "cpu": args.cpu,
                                 "memory": args.memory,
-                                "nvidia.com/gpu": "1",
+                                "nvidia.com/gpu": str(GPUS_PER_INSTANCE),
                             },
                             # GPU instances must keep their CPU between requests.
                             cpu_idle=False,

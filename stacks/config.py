@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 
 import pulumi
 
-from components.cloud_run_gpu_service import resource_problems
+from components.cloud_run_gpu_service import parse_cpu, parse_memory_gib, resource_problems
 from components.cluster import RELEASE_CHANNELS
 from components.gpu_software import (
     VLLM_IMAGE,
@@ -35,11 +35,13 @@ DEFAULT_VLLM_IMAGE = VLLM_IMAGE
 PREBUILT_GEMMA_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
 PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
 CHAT_EXPOSURES = ("internal", "iap", "login")
+PREFLIGHT_MODES = ("enforce", "warn", "off")
 FLAVOURS = ("prebuilt", "vllm", "finetuned")
 OLLAMA_NUM_PARALLEL = 4
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
 Exposure = Literal["internal", "iap", "login"]
+PreflightMode = Literal["enforce", "warn", "off"]
 
 _GS_URI = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(?:/(.*))?$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -50,6 +52,7 @@ _MEMBER = re.compile(
     r"^(user|group|serviceAccount|domain|principal|principalSet):.+$|^principal(Set)?://.+$"
 )
 _IAP_AUDIENCE = re.compile(r"^/projects/\d+/global/backendServices/\d+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ConfigError(ValueError, pulumi.RunError):
@@ -141,6 +144,16 @@ class CloudRunServiceConfig:
         """True when this service runs our own `app/inference` image built by the stack."""
         return self.enabled and self.flavour == "finetuned" and not self.image
 
+    @property
+    def cpu_count(self) -> float:
+        """vCPUs per instance; `cpu` was checked by the Cloud Run component's rule when parsed."""
+        return parse_cpu(self.cpu) or 0.0
+
+    @property
+    def memory_gib(self) -> float:
+        """Memory per instance in GiB, likewise checked when parsed."""
+        return parse_memory_gib(self.memory) or 0.0
+
 
 @dataclass(frozen=True)
 class ChatAppConfig:
@@ -205,6 +218,16 @@ def resource_ids(suffix: str) -> ResourceIds:
 
 
 @dataclass(frozen=True)
+class PreflightConfig:
+    """Quota checks before any GPU is requested (see stacks.preflight)."""
+
+    mode: PreflightMode = "enforce"
+    # File a quota increase request for each shortfall (needs contact_email).
+    request_quota: bool = False
+    contact_email: str | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything the stack needs, validated."""
 
@@ -221,6 +244,7 @@ class StackConfig:
     images: ImagesConfig
     # Where Cloud Build runs the image builds; the images still go to `region`'s registry.
     build_region: str = DEFAULT_BUILD_REGION
+    preflight: PreflightConfig = PreflightConfig()
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
     # Deployable but costly or exposed choices, printed by `pulumi up` as warnings.
@@ -663,6 +687,37 @@ def _parse_chat_app(
     return chat_app
 
 
+def _parse_preflight(r: _Reader) -> PreflightConfig:
+    mode = r.text("preflight", PreflightConfig.mode)
+    if mode not in PREFLIGHT_MODES:
+        r.problems.append(
+            f"preflight={mode!r} must be one of {', '.join(PREFLIGHT_MODES)}: enforce (stop "
+            "before anything is created when quota is short), warn (say so and deploy anyway) "
+            "or off (do not read quotas): pulumi config set preflight warn."
+        )
+        mode = PreflightConfig.mode
+    preflight = PreflightConfig(
+        mode=cast(PreflightMode, mode),
+        request_quota=r.flag("requestQuota", PreflightConfig.request_quota),
+        contact_email=r.optional_text("quotaContactEmail"),
+    )
+    if preflight.request_quota and preflight.mode == "off":
+        r.problems.append(
+            "requestQuota=true files requests for the shortfalls that the pre-flight check "
+            "finds, so it needs preflight enforce or warn (pulumi config set preflight enforce)."
+        )
+    if preflight.request_quota and preflight.contact_email is None:
+        r.problems.append(
+            "requestQuota=true needs quotaContactEmail, the address Google asks about the "
+            "request: pulumi config set quotaContactEmail you@example.com."
+        )
+    if preflight.contact_email is not None and not _EMAIL.match(preflight.contact_email):
+        r.problems.append(
+            f"quotaContactEmail={preflight.contact_email!r} must be an email address."
+        )
+    return preflight
+
+
 def parse_stack_config(
     values: Mapping[str, str],
     *,
@@ -769,6 +824,7 @@ def parse_stack_config(
         firestore=firestore,
         images=images,
         build_region=build_region,
+        preflight=_parse_preflight(r),
         hf_token=hf_token,
         chat_login_password=chat_login_password,
         warnings=tuple(warnings),
@@ -820,6 +876,9 @@ STACK_KEYS: tuple[str, ...] = (
     "chatImage",
     "inferenceImage",
     "buildRegion",
+    "preflight",
+    "requestQuota",
+    "quotaContactEmail",
 )
 SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword")
 

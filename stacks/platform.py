@@ -22,6 +22,7 @@ from components.project_services import STACK_APIS, ProjectServices, ProjectServ
 from components.registry import ArtifactRegistry, ArtifactRegistryArgs, ImageBuild, ImageBuildArgs
 from components.secrets import StoredSecret, StoredSecretArgs
 from stacks.config import ConfigError, StackConfig
+from stacks.preflight import QUOTAS_API
 
 IAP_API = "iap.googleapis.com"
 CHAT_APP_DIR = Path("app/chat")
@@ -102,10 +103,14 @@ def check_build_folders(config: StackConfig, root: Path = Path()) -> None:
 
 
 def stack_apis(config: StackConfig) -> tuple[str, ...]:
-    """The APIs this stack uses; IAP's only when the chat app sits behind it."""
+    """The APIs this stack uses; IAP's only when the chat app sits behind it, Cloud Quotas'
+    while the pre-flight reads quotas (so the next `pulumi up` of a new project can)."""
+    apis = STACK_APIS
     if config.chat_app.enabled and config.chat_app.exposure == "iap":
-        return (*STACK_APIS, IAP_API)
-    return STACK_APIS
+        apis = (*apis, IAP_API)
+    if config.preflight.mode != "off":
+        apis = (*apis, QUOTAS_API)
+    return apis
 
 
 def build_platform(config: StackConfig) -> Platform:

@@ -8,6 +8,7 @@ import pulumi
 
 from stacks.config import StackConfig
 from stacks.platform import build_platform, platform_outputs
+from stacks.preflight import check_quotas
 from stacks.serving import deploy_serving
 
 
@@ -15,6 +16,8 @@ def build_stack(config: StackConfig) -> dict[str, Any]:
     """Create every resource for `config` and return the stack outputs by name."""
     for warning in config.warnings:
         pulumi.log.warn(warning)
+    # Before any resource: a stack that lacks GPU quota stops here with nothing to clean up.
+    check_quotas(config)
     platform = build_platform(config)
     outputs = platform_outputs(platform)
     outputs.update(deploy_serving(platform))

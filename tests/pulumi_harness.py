@@ -9,6 +9,7 @@ Usage from any test::
     cluster = run.one("gcp:container/cluster:Cluster")
     assert cluster.inputs["enableAutopilot"] is True
     exc, registered = run_program_error(overrides={...})  # a config that must fail
+    run = run_program(quotas={"*": 0})                    # Cloud Quotas invokes answer 0
     run = run_snippet("from components.x import X\n...", tmp_path)  # one component alone
 
 Each RecordedResource has `type`, `name`, `urn`, `inputs`, `outputs` (what the mocks
@@ -17,6 +18,10 @@ returned), `parent`, `dependencies`, `property_dependencies`, `provider` and `op
 `outputs` (stack exports), `secret_outputs`, `calls` (invokes), `logs` (warnings from
 `pulumi.log`), and helpers `one`, `of_type`, `named`, `children_of`, `descendants_of`,
 `waits_for` (transitive: depends_on, inputs, parent and provider) and `dump`.
+
+The `gcp:cloudquota/getSQuotaInfo` invoke answers from `quotas` (quota ID, or "*" for any,
+to a value in the quota's unit; a string makes the invoke fail with that reason, as when the
+Cloud Quotas API is off). Quotas not named are plentiful, so the pre-flight check passes.
 
 `inputs` are the engine's camelCase dicts with secrets unwrapped (so a leak of a secret
 value is visible to a plain string search) and `secret_paths` lists which input paths
@@ -56,6 +61,10 @@ FAKE_PROJECT_NUMBER = "123456789012"
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _SIG_KEY = "4dabf18193072939515e22adb298388d"
 _UNSET = object()
+QUOTA_INFO = "gcp:cloudquota/getSQuotaInfo:getSQuotaInfo"
+PLENTY = 10**15  # more than any stack asks, in any quota unit (bytes included)
+QUOTA_REGIONS = ("us-central1", "us-east4", "europe-west1", "europe-west4", "asia-southeast1")
+QuotaValues = Mapping[str, "float | str"]
 
 
 @dataclass
@@ -294,8 +303,9 @@ def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
 class _RecordingMocks:
     """pulumi Mocks that fake provider outputs and record calls."""
 
-    def __init__(self, project_id: str) -> None:
+    def __init__(self, project_id: str, quotas: QuotaValues | None = None) -> None:
         self.project_id = project_id
+        self.quotas = dict(quotas or {})
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: Any) -> tuple[str, dict[str, Any]]:
@@ -303,8 +313,10 @@ class _RecordingMocks:
         state = _fake_outputs(args.typ, args.name, inputs)
         return f"{args.name}-id", state
 
-    def call(self, args: Any) -> dict[str, Any]:
+    def call(self, args: Any) -> Any:
         self.calls.append((args.token, _jsonable(args.args, "", set())))
+        if args.token == QUOTA_INFO:
+            return self._quota_info(args.args)
         if args.token == "gcp:organizations/getProject:getProject":
             project = args.args.get("projectId") or self.project_id
             return {
@@ -322,6 +334,26 @@ class _RecordingMocks:
                 "id": "client",
             }
         return {}
+
+    def _quota_info(self, args: Mapping[str, Any]) -> Any:
+        quota_id = str(args.get("quotaId"))
+        value = self.quotas.get(quota_id, self.quotas.get("*", PLENTY))
+        if isinstance(value, str):
+            return {}, [("quotaId", value)]  # the engine's shape for a failed invoke
+        regional = quota_id.lower().endswith("region")
+        return {
+            "parent": args.get("parent"),
+            "service": args.get("service"),
+            "quotaId": quota_id,
+            "dimensions": ["region"] if regional else [],
+            "dimensionsInfos": [
+                {
+                    "dimensions": {},
+                    "applicableLocations": list(QUOTA_REGIONS) if regional else ["global"],
+                    "details": [{"value": str(value)}],
+                }
+            ],
+        }
 
     def register_transform(self, transform: Any) -> None:  # pragma: no cover - API hook
         del transform
@@ -410,10 +442,14 @@ def _full_config(
 
 
 def _run_in_process(
-    config: dict[str, str], secret_keys: list[str], program: Path, stack: str = STACK
+    config: dict[str, str],
+    secret_keys: list[str],
+    program: Path,
+    stack: str = STACK,
+    quotas: QuotaValues | None = None,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     recorded: list[RecordedResource] = []
-    mocks = _RecordingMocks(config.get("gcp:project", "my-gcp-project"))
+    mocks = _RecordingMocks(config.get("gcp:project", "my-gcp-project"), quotas)
     logger = logging.getLogger(f"pulumi-harness-{id(recorded)}")
     logger.propagate = False
     capture = _LogCapture()
@@ -475,12 +511,13 @@ def _execute(
     program: Path | None,
     *,
     stack: str = STACK,
+    quotas: QuotaValues | None = None,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     encoded, secret_keys = _full_config(config, overrides, hf_token)
     main = program or REPO_ROOT / "__main__.py"
     if not isolated:
-        return _run_in_process(encoded, secret_keys, main, stack)
-    payload = pickle.dumps((encoded, secret_keys, str(main), stack))
+        return _run_in_process(encoded, secret_keys, main, stack, quotas)
+    payload = pickle.dumps((encoded, secret_keys, str(main), stack, dict(quotas or {})))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.pulumi_harness"],
         input=payload,
@@ -504,6 +541,7 @@ def run_program(
     isolated: bool = False,
     program: Path | None = None,
     stack: str = STACK,
+    quotas: QuotaValues | None = None,
 ) -> ProgramRun:
     """Run `__main__.py` under mocks (preview=False) and return what it registered.
 
@@ -511,8 +549,11 @@ def run_program(
     overrides: keys merged over it; a value of None removes the key.
     hf_token: the secret `gemma-stack:hfToken` (default a fake token; None leaves it unset).
     stack: the stack name the program sees (`pulumi.get_stack()`).
+    quotas: what the Cloud Quotas invokes answer (see the module docstring); default plenty.
     """
-    run, error, _ = _execute(config, overrides, hf_token, isolated, program, stack=stack)
+    run, error, _ = _execute(
+        config, overrides, hf_token, isolated, program, stack=stack, quotas=quotas
+    )
     if error is not None:
         raise error
     assert run is not None
@@ -525,9 +566,10 @@ def run_program_error(
     overrides: Mapping[str, Any] | None = None,
     hf_token: str | object | None = _UNSET,
     isolated: bool = False,
+    quotas: QuotaValues | None = None,
 ) -> tuple[BaseException, list[RecordedResource]]:
     """Run a program that must fail; return the error and whatever was registered first."""
-    _, error, recorded = _execute(config, overrides, hf_token, isolated, None)
+    _, error, recorded = _execute(config, overrides, hf_token, isolated, None, quotas=quotas)
     if error is None:
         raise AssertionError("the program ran without error")
     return error, recorded
@@ -630,8 +672,10 @@ def _child_main() -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from tests import pulumi_harness  # noqa: PLC0415, PLW0406 - as a package, not __main__
 
-    encoded, secret_keys, main, stack = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
-    run, error, recorded = pulumi_harness._run_in_process(encoded, secret_keys, Path(main), stack)
+    encoded, secret_keys, main, stack, quotas = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    run, error, recorded = pulumi_harness._run_in_process(
+        encoded, secret_keys, Path(main), stack, quotas
+    )
     try:
         blob = pickle.dumps((run, error, recorded))
     except Exception:

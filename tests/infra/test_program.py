@@ -82,7 +82,8 @@ def test_registers_the_docker_repository(dev: ProgramRun) -> None:
 
 def test_enables_every_api_and_never_disables_on_destroy(dev: ProgramRun) -> None:
     services = dev.of_type("gcp:projects/service:Service")
-    assert {s.inputs["service"] for s in services} == set(STACK_APIS)
+    # Cloud Quotas too, so the pre-flight can read quotas from the second deploy on.
+    assert {s.inputs["service"] for s in services} == {*STACK_APIS, "cloudquotas.googleapis.com"}
     assert {
         "cloudbuild.googleapis.com",
         "artifactregistry.googleapis.com",
