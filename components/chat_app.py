@@ -141,6 +141,10 @@ def chat_backends_env(backends: Sequence[ChatBackend]) -> pulumi.Output[str]:
     return pulumi.Output.json_dumps([b.to_env() for b in backends])
 
 
+# Tearing down a global load balancer, its backend services and NEGs takes a few minutes.
+INGRESS_DELETE_TIMEOUT = "20m"
+
+
 @dataclass(frozen=True)
 class ChatAppArgs:
     """Resolved settings for the chat app's workload and how users reach it.
@@ -159,6 +163,8 @@ class ChatAppArgs:
     ksa_principal: pulumi.Input[str]
     backends: Sequence[ChatBackend]
     firestore_database: pulumi.Input[str] = "chat-app-db"
+    # True for the stack's own content-hash tags, which never change: nodes reuse a pulled copy.
+    image_is_immutable: bool = False
     exposure: Exposure = "internal"
     # Email of the service account the chat app's principal may mint ID tokens for; it must
     # be an invoker of every Cloud Run backend (a federated KSA cannot hold an ID token).
@@ -333,7 +339,9 @@ class ChatApp(pulumi.ComponentResource):
                                         mount_path="/tmp",  # noqa: S108
                                     )
                                 ],
-                                image_pull_policy="Always",
+                                image_pull_policy=(
+                                    "IfNotPresent" if args.image_is_immutable else "Always"
+                                ),
                             )
                         ],
                         volumes=[
@@ -506,8 +514,10 @@ class ChatApp(pulumi.ComponentResource):
             "kubernetes.io/ingress.allow-http": "false",
             "networking.gke.io/managed-certificates": f"{args.app_name}-cert",
             AUTH_ANNOTATION: "iap",
-            # The load balancer and certificate take 10-60 min; don't hold `pulumi up`.
-            "pulumi.com/skipAwait": "true",
+            # The load balancer and certificate take 10-60 min, so `pulumi up` counts the
+            # Ingress ready once it exists. Unlike skipAwait, this still waits on delete until
+            # the controller's finalizer has removed the load balancer and its backends.
+            "pulumi.com/waitFor": "jsonpath={.metadata.name}",
         }
         if args.iap_static_ip_name:
             annotations["kubernetes.io/ingress.global-static-ip-name"] = args.iap_static_ip_name
@@ -528,7 +538,11 @@ class ChatApp(pulumi.ComponentResource):
                 )
             ),
             opts=pulumi.ResourceOptions.merge(
-                k8s_opts, pulumi.ResourceOptions(depends_on=[self.service])
+                k8s_opts,
+                pulumi.ResourceOptions(
+                    depends_on=[self.service],
+                    custom_timeouts=pulumi.CustomTimeouts(delete=INGRESS_DELETE_TIMEOUT),
+                ),
             ),
         )
         for label, member in sorted(args.iap_accessors.items()):

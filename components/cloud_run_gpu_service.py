@@ -277,6 +277,9 @@ def _common(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+OLLAMA_READY_PATH = "/api/tags"
+
+
 def prebuilt_gemma(
     *,
     project_id: pulumi.Input[str],
@@ -316,10 +319,11 @@ def prebuilt_gemma(
         api_kind="gemini",
         # Ollama's parallelism must match what Cloud Run sends one instance, or requests queue.
         env={"OLLAMA_NUM_PARALLEL": str(parallel)},
-        # Weights ship in the image and Ollama loads them on the first request, so the port
-        # opens quickly; the request timeout covers that first load.
+        # The image's proxy opens its port before Ollama answers, so a TCP probe passes too
+        # early. Ollama's model list answers, through the proxy, once the server behind it
+        # is up and has the weights (they ship in the image); it loads them on first use.
         startup_probe=StartupProbe(
-            path=None, initial_delay_seconds=0, period_seconds=10, failure_threshold=24
+            path=OLLAMA_READY_PATH, initial_delay_seconds=0, period_seconds=10, failure_threshold=24
         ),
         invokers=invokers,
         service_name=service_name,

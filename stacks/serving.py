@@ -201,6 +201,7 @@ def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
             namespace=_namespace(platform),
             k8s_provider=platform.k8s_provider,
             image=platform.chat_image,
+            image_is_immutable=config.builds_chat_image,
             ksa_name=identity.ksa_name,
             ksa_principal=identity.principal,
             backends=backends,

@@ -187,10 +187,17 @@ class ProgramRun:
 # --------------------------------------------------------------------------- config
 
 
-def dev_config(path: Path | None = None) -> dict[str, Any]:
-    """The `config:` map of Pulumi.dev.yaml (values as YAML parsed them)."""
+# Pulumi.dev.yaml keeps GKE Gemma off (one L4 around the clock is a costly default); tests
+# run the stack with every backend on unless they ask for the file exactly as it is.
+EVERY_BACKEND = {"gemma-stack:gkeGemmaEnabled": True}
+
+
+def dev_config(path: Path | None = None, *, every_backend: bool = True) -> dict[str, Any]:
+    """The `config:` map of Pulumi.dev.yaml (values as YAML parsed them), by default with
+    every backend enabled (EVERY_BACKEND); `every_backend=False` gives the file as it is."""
     data = yaml.safe_load((path or REPO_ROOT / "Pulumi.dev.yaml").read_text())
-    return dict((data or {}).get("config") or {})
+    config = dict((data or {}).get("config") or {})
+    return {**config, **EVERY_BACKEND} if every_backend and path is None else config
 
 
 def _encode(value: Any) -> str:

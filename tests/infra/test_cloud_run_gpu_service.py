@@ -131,7 +131,8 @@ def test_each_flavour_startup_probe_fits_cloud_run_limits(flavour: str) -> None:
     assert probe["timeoutSeconds"] <= probe["periodSeconds"]
     budget = probe["initialDelaySeconds"] + probe["failureThreshold"] * probe["periodSeconds"]
     if flavour == "prebuilt":
-        assert probe["tcpSocket"] == {"port": 8080}
+        # Ollama's model list, through the image's proxy: not just the proxy's open port.
+        assert probe["httpGet"] == {"path": "/api/tags", "port": 8080}
     else:
         assert probe["httpGet"] == {"path": "/health", "port": 8080}
         # vLLM's engine start alone takes 35-90 s before the weights load.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pulumi_harness import ProgramRun, run_program, run_program_error
+from tests.pulumi_harness import ProgramRun, dev_config, run_program, run_program_error
 
 ACCOUNT = "gcp:serviceaccount/account:Account"
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -132,3 +132,51 @@ def test_fixed_id_resources_are_replaced_delete_first(dev: ProgramRun) -> None:
     for resource in dev.resources:
         if resource.type in FIXED_ID_INPUTS:
             assert resource.options["deleteBeforeReplace"], resource.name
+
+
+# ------------------------------------------------------------------------ cheap, correct defaults
+
+
+def test_the_dev_stack_keeps_no_gpu_running_around_the_clock() -> None:
+    run = run_program(dev_config(every_backend=False))
+    deployments = run.of_type("kubernetes:apps/v1:Deployment")
+    assert [d.name for d in deployments] == ["chat-deployment"]
+    assert "nvidia.com/gpu" not in str(deployments[0].inputs)
+    (service,) = run.of_type("gcp:cloudrunv2/service:Service")
+    scaling = service.inputs["template"]["scaling"]
+    assert scaling.get("minInstanceCount", 0) == 0  # scales to zero when idle
+    assert scaling["maxInstanceCount"] == 1
+
+
+def test_zero_quota_stops_the_dev_stack_as_it_is_before_any_resource() -> None:
+    error, registered = run_program_error(dev_config(every_backend=False), quotas={"*": 0})
+    assert "Cloud Run L4 GPUs" in str(error)
+    assert "gcloud beta quotas preferences create" in str(error)
+    assert registered == []
+
+
+def test_the_stacks_own_chat_image_is_pulled_if_not_present_and_a_configured_one_always() -> None:
+    def policy(run: ProgramRun) -> str:
+        deployment = run.named("chat-deployment")
+        (container,) = deployment.inputs["spec"]["template"]["spec"]["containers"]
+        return str(container["imagePullPolicy"])
+
+    assert policy(run_program()) == "IfNotPresent"
+    configured = run_program(overrides={"gemma-stack:chatImage": "us-docker.pkg.dev/p/r/chat:v1"})
+    assert policy(configured) == "Always"
+
+
+def test_destroy_waits_for_the_iap_ingress_and_its_load_balancer() -> None:
+    run = run_program(
+        overrides={
+            "gemma-stack:chatExposure": "iap",
+            "gemma-stack:chatDomain": "chat.example.com",
+            "gemma-stack:chatAllowedUsers": ["user:ana@example.com"],
+        }
+    )
+    ingress = run.one("kubernetes:networking.k8s.io/v1:Ingress")
+    annotations = ingress.inputs["metadata"]["annotations"]
+    # skipAwait would also skip the delete wait, leaving the load balancer behind.
+    assert "pulumi.com/skipAwait" not in annotations
+    assert annotations["pulumi.com/waitFor"] == "jsonpath={.metadata.name}"
+    assert ingress.options["customTimeouts"]["delete"] == "20m"
