@@ -22,7 +22,9 @@ returned), `parent`, `dependencies`, `property_dependencies`, `provider` and `op
 value is visible to a plain string search) and `secret_paths` lists which input paths
 were marked secret. Each run gets a fresh Pulumi runtime (root stack, config, RPC
 manager), so many runs in one pytest process do not see each other; `isolated=True`
-runs the program in a child interpreter instead and sends the results back.
+runs the program in a child interpreter instead and sends the results back, and
+`python=PATH` does so with another interpreter (a virtualenv holding only what
+`pulumi up` installs).
 """
 
 from __future__ import annotations
@@ -473,19 +475,27 @@ def _execute(
     hf_token: str | object | None,
     isolated: bool,
     program: Path | None,
+    *,
+    python: Path | None = None,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     encoded, secret_keys = _full_config(config, overrides, hf_token)
     main = program or REPO_ROOT / "__main__.py"
-    if not isolated:
+    if not isolated and python is None:
         return _run_in_process(encoded, secret_keys, main)
     payload = pickle.dumps((encoded, secret_keys, str(main)))
+    env = dict(os.environ)
+    if python is not None:
+        # Only that interpreter's packages: nothing leaks in from the test environment.
+        env.pop("PYTHONPATH", None)
+        env["VIRTUAL_ENV"] = str(python.parent.parent)
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.pulumi_harness"],
+        [str(python or sys.executable), "-m", "tests.pulumi_harness"],
         input=payload,
         capture_output=True,
         cwd=REPO_ROOT,
+        env=env,
         check=False,
-        timeout=300,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"isolated program run failed:\n{proc.stderr.decode()}")
@@ -501,14 +511,16 @@ def run_program(
     hf_token: str | object | None = _UNSET,
     isolated: bool = False,
     program: Path | None = None,
+    python: Path | None = None,
 ) -> ProgramRun:
     """Run `__main__.py` under mocks (preview=False) and return what it registered.
 
     config: full config map (namespaced keys such as `gcp:project`); default Pulumi.dev.yaml.
     overrides: keys merged over it; a value of None removes the key.
     hf_token: the secret `gemma-stack:hfToken` (default a fake token; None leaves it unset).
+    python: run in a child process of this interpreter (e.g. another virtualenv's python).
     """
-    run, error, _ = _execute(config, overrides, hf_token, isolated, program)
+    run, error, _ = _execute(config, overrides, hf_token, isolated, program, python=python)
     if error is not None:
         raise error
     assert run is not None
