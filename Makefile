@@ -4,21 +4,44 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CHECKOV := .tools/checkov
 
-.PHONY: help venv test lint typecheck pytest demo bench fuzz system-deps clean
+.PHONY: help venv lock test lint typecheck pytest demo bench fuzz system-deps clean
 
 help:
 	@echo "make demo   - run the chat app, the inference app and a local Firestore, offline"
 	@echo "make test   - create .venv and run every check: lint, type check and tests"
 	@echo "make bench  - run the benchmarks in bench/ and print their tables"
 	@echo "make fuzz   - search for inputs that give 5xx, FUZZ_EXAMPLES per route (default 2000)"
+	@echo "make lock   - recompile the hash-pinned requirements from the .in files (docs/development.md)"
+
+# CPU build for tests; the inference image installs its own CUDA build. No lock holds torch.
+TORCH := torch==2.13.0
+PIP   := $(BIN)/python -m pip --quiet --quiet --disable-pip-version-check
 
 # One environment for development and tests; `pulumi up` installs only requirements.txt.
-$(VENV)/.installed: requirements.txt requirements-dev.txt app/chat/requirements.txt app/inference/requirements.txt app/tuning/requirements.txt
+# requirements-dev.txt is a complete lock, so --no-deps installs exactly it (older pips
+# refuse a hash-pinned package that another requires with extras); pip check proves it whole.
+$(VENV)/.installed: requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PIP) install $(TORCH)
+	$(PIP) install --no-deps --require-hashes -r requirements-dev.txt
+	$(BIN)/python -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Each lock is compiled from its .in file; existing pins are kept unless LOCK_ARGS says
+# otherwise, e.g. make lock LOCK_ARGS="--upgrade-package gradio". `pulumi up` runs on any
+# system; the images and the dev environment are Linux with Python 3.11. The dev lock
+# comes last because it is constrained by the other three.
+COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --no-strip-extras \
+	--excludes requirements-excluded.txt --custom-compile-command "make lock" $(LOCK_ARGS)
+LINUX   := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+
+lock: venv
+	$(COMPILE) --universal --python-version 3.11 -o requirements.txt requirements.in
+	$(COMPILE) $(LINUX) -o app/chat/requirements.txt app/chat/requirements.in
+	$(COMPILE) $(LINUX) -o app/inference/requirements.txt app/inference/requirements.in
+	$(COMPILE) $(LINUX) -o requirements-dev.txt requirements-dev.in
 
 # checkov pins its own dependencies, so it lives in a tool environment of its own.
 $(CHECKOV)/.installed: policy/checkov/requirements.txt

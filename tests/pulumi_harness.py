@@ -27,7 +27,9 @@ Cloud Quotas API is off). Quotas not named are plentiful, so the pre-flight chec
 value is visible to a plain string search) and `secret_paths` lists which input paths
 were marked secret. Each run gets a fresh Pulumi runtime (root stack, config, RPC
 manager), so many runs in one pytest process do not see each other; `isolated=True`
-runs the program in a child interpreter instead and sends the results back.
+runs the program in a child interpreter instead and sends the results back, and
+`python=PATH` does so with another interpreter (a virtualenv holding only what
+`pulumi up` installs).
 """
 
 from __future__ import annotations
@@ -519,19 +521,26 @@ def _execute(
     *,
     stack: str = STACK,
     quotas: QuotaValues | None = None,
+    python: Path | None = None,
 ) -> tuple[ProgramRun | None, BaseException | None, list[RecordedResource]]:
     encoded, secret_keys = _full_config(config, overrides, hf_token)
     main = program or REPO_ROOT / "__main__.py"
-    if not isolated:
+    if not isolated and python is None:
         return _run_in_process(encoded, secret_keys, main, stack, quotas)
     payload = pickle.dumps((encoded, secret_keys, str(main), stack, dict(quotas or {})))
+    env = dict(os.environ)
+    if python is not None:
+        # Only that interpreter's packages: nothing leaks in from the test environment.
+        env.pop("PYTHONPATH", None)
+        env["VIRTUAL_ENV"] = str(python.parent.parent)
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.pulumi_harness"],
+        [str(python or sys.executable), "-m", "tests.pulumi_harness"],
         input=payload,
         capture_output=True,
         cwd=REPO_ROOT,
+        env=env,
         check=False,
-        timeout=300,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"isolated program run failed:\n{proc.stderr.decode()}")
@@ -549,6 +558,7 @@ def run_program(
     program: Path | None = None,
     stack: str = STACK,
     quotas: QuotaValues | None = None,
+    python: Path | None = None,
 ) -> ProgramRun:
     """Run `__main__.py` under mocks (preview=False) and return what it registered.
 
@@ -557,9 +567,10 @@ def run_program(
     hf_token: the secret `gemma-stack:hfToken` (default a fake token; None leaves it unset).
     stack: the stack name the program sees (`pulumi.get_stack()`).
     quotas: what the Cloud Quotas invokes answer (see the module docstring); default plenty.
+    python: run in a child process of this interpreter (e.g. another virtualenv's python).
     """
     run, error, _ = _execute(
-        config, overrides, hf_token, isolated, program, stack=stack, quotas=quotas
+        config, overrides, hf_token, isolated, program, stack=stack, quotas=quotas, python=python
     )
     if error is not None:
         raise error
