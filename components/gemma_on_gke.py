@@ -126,6 +126,7 @@ class GemmaOnGke(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     url: pulumi.Output[str]
     served_model_name: pulumi.Output[str]
+    access_command: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: GemmaOnGkeArgs, opts: pulumi.ResourceOptions | None = None
@@ -388,10 +389,21 @@ class GemmaOnGke(pulumi.ComponentResource):
             VLLM_PORT,
         )
         self.served_model_name = pulumi.Output.from_input(served)
+        # The service has no address outside the cluster: reach it through kubectl.
+        self.access_command = pulumi.Output.format(
+            "kubectl -n {0} port-forward svc/{1} {2}:{2} & curl -s "
+            "localhost:{2}/v1/chat/completions -H 'Content-Type: application/json' "
+            '-d \'{{"model":"{3}","messages":[{{"role":"user","content":"Hello"}}]}}\'',
+            args.namespace,
+            self.service_name,
+            VLLM_PORT,
+            self.served_model_name,
+        )
         self.register_outputs(
             {
                 "serviceName": self.service_name,
                 "url": self.url,
                 "servedModelName": self.served_model_name,
+                "accessCommand": self.access_command,
             }
         )

@@ -50,6 +50,7 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         )
         outputs["gemmaEndpoint"] = gemma.url
         outputs["gemmaServedModel"] = gemma.served_model_name
+        outputs["gemmaAccessCommand"] = gemma.access_command
 
     urls: dict[str, pulumi.Output[str]] = {}
     curls: dict[str, pulumi.Output[str]] = {}

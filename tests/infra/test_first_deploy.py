@@ -180,3 +180,10 @@ def test_destroy_waits_for_the_iap_ingress_and_its_load_balancer() -> None:
     assert "pulumi.com/skipAwait" not in annotations
     assert annotations["pulumi.com/waitFor"] == "jsonpath={.metadata.name}"
     assert ingress.options["customTimeouts"]["delete"] == "20m"
+
+
+def test_an_output_says_how_to_reach_the_gke_gemma_service(dev: ProgramRun) -> None:
+    command = dev.outputs["gemmaAccessCommand"]
+    assert command.startswith("kubectl -n gemma-stack port-forward svc/gemma-service 8000:8000 & ")
+    assert "localhost:8000/v1/chat/completions" in command
+    assert '"model":"google/gemma-3-1b-it"' in command
