@@ -187,3 +187,32 @@ def test_an_output_says_how_to_reach_the_gke_gemma_service(dev: ProgramRun) -> N
     assert command.startswith("kubectl -n gemma-stack port-forward svc/gemma-service 8000:8000 & ")
     assert "localhost:8000/v1/chat/completions" in command
     assert '"model":"google/gemma-3-1b-it"' in command
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory", "fix"),
+    [
+        ("4", "32Gi", "set cpu to 8 or more, or set memory to 16Gi"),
+        ("4000m", "17Gi", "set cpu to 6 or more, or set memory to 16Gi"),
+        ("6", "32Gi", "set cpu to 8 or more, or set memory to 24Gi"),
+        ("8", "48Gi", "lower memory, or set memory to 32Gi"),
+        ("2", "16Gi", "takes 4, 6, 8 CPUs"),
+        ("8", "8Gi", "needs at least 16Gi"),
+    ],
+)
+def test_cpu_memory_pairs_cloud_run_refuses_stop_the_deploy_with_the_fix(
+    cpu: str, memory: str, fix: str
+) -> None:
+    service = {"name": "gemma3-prebuilt", "flavour": "prebuilt", "cpu": cpu, "memory": memory}
+    error, registered = run_program_error(overrides={"gemma-stack:cloudRunServices": [service]})
+    assert "cloudRunServices[gemma3-prebuilt]." in str(error)
+    assert fix in str(error)
+    assert registered == []
+
+
+@pytest.mark.parametrize(("cpu", "memory"), [("4", "16Gi"), ("4000m", "16384Mi"), ("8", "32G")])
+def test_cpu_memory_pairs_cloud_run_accepts_deploy_in_any_spelling(cpu: str, memory: str) -> None:
+    service = {"name": "gemma3-prebuilt", "flavour": "prebuilt", "cpu": cpu, "memory": memory}
+    run = run_program(overrides={"gemma-stack:cloudRunServices": [service]})
+    limits = run.one("gcp:cloudrunv2/service:Service").inputs["template"]["containers"][0]
+    assert limits["resources"]["limits"]["cpu"] == cpu
