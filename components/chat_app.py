@@ -28,6 +28,11 @@ _AUTH_MODE: dict[Exposure, str] = {"internal": "none", "iap": "iap", "login": "l
 _BACKEND_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
 
+def model_title(model: str) -> str:
+    """`gemini-2.5-flash-lite` -> `Gemini 2.5 Flash Lite`: a model id as people write it."""
+    return " ".join(part.capitalize() for part in model.split("-"))
+
+
 @dataclass(frozen=True)
 class ChatBackend:
     """One `CHAT_BACKENDS` entry, in the format the chat app reads (see app/chat/settings.py)."""
@@ -88,12 +93,20 @@ class ChatBackend:
         cls,
         *,
         id: str = "gemini",
-        label: str = "Gemini 2.5 Flash (Vertex AI)",
+        label: str | None = None,
         model: str = "gemini-2.5-flash",
         location: str = "global",
     ) -> ChatBackend:
-        """Gemini on Vertex AI, reached with the chat app's Workload Identity."""
-        return cls(id=id, label=label, kind="gemini", model=model, vertex=True, location=location)
+        """Gemini on Vertex AI, reached with the chat app's Workload Identity; the label
+        defaults to the model's own name (`gemini-2.5-pro` -> "Gemini 2.5 Pro (Vertex AI)")."""
+        return cls(
+            id=id,
+            label=label or f"{model_title(model)} (Vertex AI)",
+            kind="gemini",
+            model=model,
+            vertex=True,
+            location=location,
+        )
 
     @classmethod
     def from_gke(cls, gemma: GemmaOnGke, *, id: str, label: str) -> ChatBackend:

@@ -25,9 +25,10 @@ from components.resource_ids import fixed_id_options, scoped_id, service_account
 
 Flavour = Literal["prebuilt", "vllm", "finetuned"]
 ApiKind = Literal["openai", "gemini"]
-PREBUILT_VARIANTS = ("1b", "4b", "12b", "27b")
+# Google's prebuilt images, by the name their image has (`.../gemma/gemma3-4b`).
+PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
 
-PREBUILT_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/gemma3-{variant}"
+PREBUILT_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
 L4 = "nvidia-l4"
 # Cloud Run attaches at most one GPU to an instance; each instance counts once against L4 quota.
 GPUS_PER_INSTANCE = 1
@@ -132,6 +133,26 @@ class CloudRunGpuServiceArgs:
     # Ends the runtime account id, `<service>-<suffix>-run`, so stacks never share one.
     account_suffix: str = ""
     depends_on: tuple[pulumi.Resource, ...] = ()
+
+    def warnings(self, service: str) -> list[str]:
+        """Deployable but costly or exposed choices, printed once each by `pulumi up`."""
+        found = []
+        if self.public:
+            found.append(
+                f"Cloud Run service {service} is PUBLIC: anyone on the internet may call this "
+                "GPU endpoint and run up its bill. Set public to false unless that is the aim."
+            )
+        if self.min_instances > 0:
+            found.append(
+                f"Cloud Run service {service} keeps {self.min_instances} L4 instance(s) warm, "
+                "billed around the clock."
+            )
+        if not self.gpu_zonal_redundancy_disabled:
+            found.append(
+                f"Cloud Run service {service} uses GPU zonal redundancy: it costs more and "
+                "needs its own L4 quota."
+            )
+        return found
 
     def validate(self, name: str) -> None:  # noqa: PLR0912 - one readable check per rule
         """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
@@ -294,15 +315,15 @@ def prebuilt_gemma(
 ) -> CloudRunGpuServiceArgs:
     """Google's prebuilt Gemma 3 image (Ollama inside), spoken to through its Gemini API.
 
-    `variant` is `1b`, `4b`, `12b` or `27b` (or the image name, `gemma3-4b`).
+    `variant` is one of PREBUILT_VARIANTS, the image's name (`gemma3-4b`).
     `ollama_num_parallel` defaults to the concurrency; keep concurrency between it and twice it.
     """
-    size = variant.removeprefix("gemma3-")
-    if size not in PREBUILT_VARIANTS:
+    if variant not in PREBUILT_VARIANTS:
         raise ValueError(
             f"prebuilt Gemma 3 variant {variant!r} has no image; choose one of "
             f"{', '.join(PREBUILT_VARIANTS)}."
         )
+    size = variant.removeprefix("gemma3-")
     parallel = ollama_num_parallel or settings.concurrency
     if not parallel <= settings.concurrency <= 2 * parallel:
         raise ValueError(
@@ -313,7 +334,7 @@ def prebuilt_gemma(
         project_id=project_id,
         region=region,
         flavour="prebuilt",
-        image=image or PREBUILT_IMAGE.format(variant=size),
+        image=image or PREBUILT_IMAGE.format(variant=variant),
         cuda=None if image else PREBUILT_IMAGE_CUDA,
         model_name=f"gemma3:{size}",
         api_kind="gemini",
@@ -609,12 +630,9 @@ class CloudRunGpuService(pulumi.ComponentResource):
             self._invoker(name, label, member, args)
             for label, member in sorted(args.invokers.items())
         ]
+        for warning in args.warnings(service_name):
+            pulumi.log.warn(warning, resource=self)
         if args.public:
-            pulumi.log.warn(
-                f"Cloud Run service {service_name!r} is PUBLIC: allUsers may call it and spend "
-                "its GPU hours. Set public to false unless that is what you want.",
-                resource=self,
-            )
             self.invoker_bindings.append(self._invoker(name, "public", "allUsers", args))
 
         self.uri = self.service.uri

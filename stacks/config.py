@@ -15,7 +15,13 @@ from typing import Any, Literal, cast
 
 import pulumi
 
-from components.cloud_run_gpu_service import parse_cpu, parse_memory_gib, resource_problems
+from components.cloud_run_gpu_service import (
+    PREBUILT_IMAGE,
+    PREBUILT_VARIANTS,
+    parse_cpu,
+    parse_memory_gib,
+    resource_problems,
+)
 from components.cluster import RELEASE_CHANNELS
 from components.gpu_software import (
     VLLM_IMAGE,
@@ -32,8 +38,6 @@ NAMESPACE = "gemma-stack"  # Pulumi config namespace: keys read as `gemma-stack:
 
 # Pinned on purpose: a vLLM upgrade changes flags and memory use, so it is a deliberate edit.
 DEFAULT_VLLM_IMAGE = VLLM_IMAGE
-PREBUILT_GEMMA_IMAGE = "us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
-PREBUILT_VARIANTS = ("gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b")
 CHAT_EXPOSURES = ("internal", "iap", "login")
 PREFLIGHT_MODES = ("enforce", "warn", "off")
 FLAVOURS = ("prebuilt", "vllm", "finetuned")
@@ -247,8 +251,6 @@ class StackConfig:
     preflight: PreflightConfig = PreflightConfig()
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
-    # Deployable but costly or exposed choices, printed by `pulumi up` as warnings.
-    warnings: tuple[str, ...] = ()
 
     @property
     def enabled_cloud_run_services(self) -> tuple[CloudRunServiceConfig, ...]:
@@ -530,7 +532,7 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
                 f"{where}.variant={variant!r} has no prebuilt image; choose one of "
                 f"{', '.join(PREBUILT_VARIANTS)}."
             )
-        image = image or PREBUILT_GEMMA_IMAGE.format(variant=variant)
+        image = image or PREBUILT_IMAGE.format(variant=variant)
         ollama_num_parallel = t("ollamaNumParallel", int, min(concurrency, OLLAMA_NUM_PARALLEL))
         if isinstance(ollama_num_parallel, int) and not (
             ollama_num_parallel <= concurrency <= 2 * ollama_num_parallel
@@ -791,26 +793,6 @@ def parse_stack_config(
     if problem := build_region_problem(build_region):
         r.problems.append(problem)
 
-    warnings = [
-        warning
-        for s in services
-        if s.enabled
-        for warning in (
-            f"Cloud Run service {s.name} is public: anyone on the internet can call this GPU "
-            "endpoint and run up its bill."
-            if s.public
-            else "",
-            f"Cloud Run service {s.name} keeps {s.min_instances} L4 instance(s) warm, billed "
-            "around the clock."
-            if s.min_instances > 0
-            else "",
-            f"Cloud Run service {s.name} uses GPU zonal redundancy: it costs more and needs "
-            "its own L4 quota."
-            if s.gpu_zonal_redundancy
-            else "",
-        )
-        if warning
-    ]
     config = StackConfig(
         project=project,
         region=region,
@@ -827,7 +809,6 @@ def parse_stack_config(
         preflight=_parse_preflight(r),
         hf_token=hf_token,
         chat_login_password=chat_login_password,
-        warnings=tuple(warnings),
     )
     if config.needs_hf_token and hf_token is None:
         users = []

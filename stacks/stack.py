@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pulumi
-
 from stacks.config import StackConfig
 from stacks.platform import build_platform, platform_outputs
 from stacks.preflight import check_quotas
@@ -14,8 +12,6 @@ from stacks.serving import deploy_serving
 
 def build_stack(config: StackConfig) -> dict[str, Any]:
     """Create every resource for `config` and return the stack outputs by name."""
-    for warning in config.warnings:
-        pulumi.log.warn(warning)
     # Before any resource: a stack that lacks GPU quota stops here with nothing to clean up.
     check_quotas(config)
     platform = build_platform(config)

@@ -65,7 +65,7 @@ def all_backends(provider: kubernetes.Provider) -> list[ChatBackend]:
     invokers = {"chat-app": f"serviceAccount:{INVOKER_EMAIL}"}
     common: dict[str, Any] = {"project_id": PROJECT, "region": "us-central1", "invokers": invokers}
     prebuilt = CloudRunGpuService(
-        "gemma-4b", prebuilt_gemma(**common, variant="4b", service_name="gemma-4b")
+        "gemma-4b", prebuilt_gemma(**common, variant="gemma3-4b", service_name="gemma-4b")
     )
     vllm = CloudRunGpuService(
         "gemma-vllm",

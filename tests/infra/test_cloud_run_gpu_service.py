@@ -50,7 +50,9 @@ def flavour_args(flavour: str, **overrides: Any) -> CloudRunGpuServiceArgs:
     common: dict[str, Any] = {"project_id": PROJECT, "region": "us-central1"}
     invokers = overrides.pop("invokers", INVOKERS)
     if flavour == "prebuilt":
-        args = prebuilt_gemma(**common, variant="4b", invokers=invokers, service_name="gemma-4b")
+        args = prebuilt_gemma(
+            **common, variant="gemma3-4b", invokers=invokers, service_name="gemma-4b"
+        )
     elif flavour == "vllm-hf":
         args = vllm_gemma(
             **common,
@@ -365,7 +367,7 @@ def test_factories_refuse_ambiguous_model_sources() -> None:
             project_id=PROJECT, region="us-central1", model_id="m", max_model_len=4096, invokers={}
         )
     with pytest.raises(ValueError, match="no image"):
-        prebuilt_gemma(project_id=PROJECT, region="us-central1", variant="2b", invokers={})
+        prebuilt_gemma(project_id=PROJECT, region="us-central1", variant="gemma3-2b", invokers={})
     with pytest.raises(ValueError, match="OLLAMA_NUM_PARALLEL"):
         prebuilt_gemma(
             project_id=PROJECT,

@@ -15,7 +15,7 @@ invoker = {{"chat": "serviceAccount:chat-invoker@my-gcp-project.iam.gserviceacco
 common = dict(project_id="my-gcp-project", region="us-central1", invokers=invoker)
 runs = [
     CloudRunGpuService("prebuilt", prebuilt_gemma(
-        variant="1b", settings=ServiceSettings(public={public}), **common)),
+        variant="gemma3-1b", settings=ServiceSettings(public={public}), **common)),
     CloudRunGpuService("vllm-hf", vllm_gemma(
         model_id="google/gemma-3-1b-it", max_model_len=8192, hf_token_secret="HF_TOKEN", **common)),
     CloudRunGpuService("vllm-gcs", vllm_gemma(

@@ -1,0 +1,57 @@
+"""Each rule has one owner: config and components agree because config asks the component."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.cloud_run_gpu_service import PREBUILT_VARIANTS
+from tests.pulumi_harness import run_program, run_program_error
+
+SERVICE = "gcp:cloudrunv2/service:Service"
+
+
+def _prebuilt(**fields: object) -> dict[str, object]:
+    return {"gemma-stack:cloudRunServices": [{"name": "p", "flavour": "prebuilt", **fields}]}
+
+
+@pytest.mark.parametrize("variant", PREBUILT_VARIANTS)
+def test_config_and_component_spell_prebuilt_variants_alike(variant: str) -> None:
+    run = run_program(overrides=_prebuilt(variant=variant))
+    image = run.one(SERVICE).inputs["template"]["containers"][0]["image"]
+    assert image == f"us-docker.pkg.dev/cloudrun/container/gemma/{variant}"
+
+
+def test_a_variant_the_component_has_no_image_for_is_refused_by_config() -> None:
+    error, registered = run_program_error(overrides=_prebuilt(variant="4b"))
+    assert "cloudRunServices[p].variant='4b' has no prebuilt image" in str(error)
+    assert "gemma3-4b" in str(error)
+    assert registered == []
+
+
+def test_config_accepts_every_cpu_and_memory_spelling_the_component_accepts() -> None:
+    run = run_program(overrides=_prebuilt(cpu="8000m", memory="32G"))
+    limits = run.one(SERVICE).inputs["template"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "8000m", "memory": "32G", "nvidia.com/gpu": "1"}
+
+
+def test_a_public_service_warns_once() -> None:
+    run = run_program(overrides=_prebuilt(public=True))
+    assert len([w for w in run.warnings() if "PUBLIC" in w]) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [
+        ("gemini-2.5-pro", "Gemini 2.5 Pro (Vertex AI)"),
+        ("gemini-2.5-flash", "Gemini 2.5 Flash (Vertex AI)"),
+        ("gemini-3-flash-lite", "Gemini 3 Flash Lite (Vertex AI)"),
+    ],
+)
+def test_the_gemini_label_follows_the_configured_model(model: str, label: str) -> None:
+    run = run_program(overrides={"gemma-stack:geminiModel": model})
+    (container,) = run.named("chat-deployment").inputs["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    gemini = json.loads(env["CHAT_BACKENDS"])[0]
+    assert (gemini["id"], gemini["label"], gemini["model"]) == ("gemini", label, model)
