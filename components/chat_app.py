@@ -12,8 +12,6 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
-from components.cloud_run_gpu_service import CloudRunGpuService
-from components.gemma_on_gke import GemmaOnGke
 from components.pod_security import restricted_container, restricted_pod
 
 BackendKind = Literal["openai", "gemini"]
@@ -106,40 +104,6 @@ class ChatBackend:
             model=model,
             vertex=True,
             location=location,
-        )
-
-    @classmethod
-    def from_gke(cls, gemma: GemmaOnGke, *, id: str, label: str) -> ChatBackend:
-        """vLLM on GKE through its in-cluster Service (no auth: only the cluster reaches it)."""
-        return cls(
-            id=id, label=label, kind="openai", model=gemma.served_model_name, base_url=gemma.url
-        )
-
-    @classmethod
-    def from_cloud_run(
-        cls,
-        service: CloudRunGpuService,
-        *,
-        id: str,
-        label: str,
-    ) -> ChatBackend:
-        """A Cloud Run GPU service, called with a Google ID token for its URL.
-
-        The token's account (ChatAppArgs.id_token_service_account) must be one of the
-        service's invokers.
-        """
-        base_url = (
-            pulumi.Output.concat(service.uri, "/v1")
-            if service.api_kind == "openai"
-            else service.uri
-        )
-        return cls(
-            id=id,
-            label=label,
-            kind=service.api_kind,
-            model=service.model_name,
-            base_url=base_url,
-            auth="google-id-token",
         )
 
 

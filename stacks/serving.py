@@ -19,6 +19,7 @@ from components.cloud_run_gpu_service import (
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
+from stacks.backends import cloud_run_backend, gke_backend
 from stacks.config import CloudRunServiceConfig
 from stacks.platform import Platform
 
@@ -44,7 +45,7 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
     if config.gke_gemma.enabled:
         gemma = _gemma_on_gke(platform)
         backends.append(
-            ChatBackend.from_gke(
+            gke_backend(
                 gemma, id="gemma-gke", label=f"Gemma 3 {_size(config.gke_gemma.variant)} (GKE)"
             )
         )
@@ -61,7 +62,7 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         )
         service = CloudRunGpuService(service_config.name, args)
         backends.append(
-            ChatBackend.from_cloud_run(
+            cloud_run_backend(
                 service, id=service_config.name, label=_cloud_run_label(service_config)
             )
         )

@@ -23,6 +23,7 @@ from components.cloud_run_gpu_service import (
     vllm_gemma,
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
+from stacks.backends import cloud_run_backend, gke_backend
 from tests.pulumi_harness import ProgramRun, run_program
 
 PROJECT = "my-gcp-project"
@@ -89,10 +90,10 @@ def all_backends(provider: kubernetes.Provider) -> list[ChatBackend]:
     )
     return [
         ChatBackend.gemini_on_vertex(),
-        ChatBackend.from_gke(gemma, id="gemma-gke", label="Gemma 3 12B (GKE)"),
-        ChatBackend.from_cloud_run(prebuilt, id="gemma-run", label="Gemma 3 4B (Cloud Run)"),
-        ChatBackend.from_cloud_run(vllm, id="gemma-vllm", label="Gemma 3 1B (vLLM, Cloud Run)"),
-        ChatBackend.from_cloud_run(sql, id="gemma-sql", label="SQL Gemma (Cloud Run)"),
+        gke_backend(gemma, id="gemma-gke", label="Gemma 3 12B (GKE)"),
+        cloud_run_backend(prebuilt, id="gemma-run", label="Gemma 3 4B (Cloud Run)"),
+        cloud_run_backend(vllm, id="gemma-vllm", label="Gemma 3 1B (vLLM, Cloud Run)"),
+        cloud_run_backend(sql, id="gemma-sql", label="SQL Gemma (Cloud Run)"),
     ]
 
 

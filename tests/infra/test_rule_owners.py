@@ -55,3 +55,20 @@ def test_the_gemini_label_follows_the_configured_model(model: str, label: str) -
     env = {e["name"]: e.get("value") for e in container["env"]}
     gemini = json.loads(env["CHAT_BACKENDS"])[0]
     assert (gemini["id"], gemini["label"], gemini["model"]) == ("gemini", label, model)
+
+
+def test_no_component_imports_another_component() -> None:
+    # Wiring components together is the stack's job (stacks/); components share only helpers.
+    import ast  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    folder = Path(__file__).resolve().parents[2] / "components"
+    components = {
+        path.stem for path in folder.glob("*.py") if "pulumi.ComponentResource)" in path.read_text()
+    }
+    assert {"chat_app", "cloud_run_gpu_service", "gemma_on_gke", "cluster"} <= components
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("components."):
+                imported = node.module.removeprefix("components.")  # type: ignore[union-attr]
+                assert imported not in components - {path.stem}, f"{path.name} imports {imported}"

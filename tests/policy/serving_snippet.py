@@ -9,6 +9,7 @@ from components.cloud_run_gpu_service import (
     CloudRunGpuService, ServiceSettings, finetuned_gemma, prebuilt_gemma, vllm_gemma,
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
+from stacks.backends import cloud_run_backend, gke_backend
 
 provider = k8s.Provider("k8s", kubeconfig="{{}}")
 invoker = {{"chat": "serviceAccount:chat-invoker@my-gcp-project.iam.gserviceaccount.com"}}
@@ -41,8 +42,8 @@ ChatApp("chat", ChatAppArgs(
     project_id="my-gcp-project", namespace="gemma-stack", k8s_provider=provider,
     image="us-central1-docker.pkg.dev/my-gcp-project/gemma-stack/chat:abc",
     ksa_name="chat-app", ksa_principal="principal://iam.googleapis.com/y",
-    backends=[ChatBackend.gemini_on_vertex(), ChatBackend.from_gke(gemma[0], id="gke", label="GKE")]
-    + [ChatBackend.from_cloud_run(r, id=r._name, label=r._name) for r in runs],
+    backends=[ChatBackend.gemini_on_vertex(), gke_backend(gemma[0], id="gke", label="GKE")]
+    + [cloud_run_backend(r, id=r._name, label=r._name) for r in runs],
     id_token_service_account="chat-invoker@my-gcp-project.iam.gserviceaccount.com",
     exposure="{exposure}",
     login_credentials=pulumi.Output.secret("ana:pw") if "{exposure}" == "login" else None,
