@@ -33,6 +33,33 @@ CHAT_LOGIN_USER = "chat"
 
 
 @dataclass(frozen=True)
+class Gke:
+    """The Autopilot cluster and the namespace every workload runs in: made together."""
+
+    cluster: AutopilotCluster
+    namespace: kubernetes.core.v1.Namespace
+    namespace_name: pulumi.Output[str]
+
+    @property
+    def provider(self) -> kubernetes.Provider:
+        return self.cluster.provider
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Everything the chat app needs, made only when it is enabled (on the stack's GKE)."""
+
+    gke: Gke
+    firestore: ChatHistoryDatabase
+    # The chat app's Kubernetes identity and the account it impersonates for Cloud Run ID tokens.
+    identity: WorkloadIdentity
+    invoker: ImpersonatedServiceAccount
+    image: pulumi.Output[str]
+    # `user:password` for chatExposure=login, kept in Secret Manager; None otherwise.
+    login: StoredSecret | None
+
+
+@dataclass(frozen=True)
 class Platform:
     """What the foundation built, handed to the serving components (see stacks.serving)."""
 
@@ -42,24 +69,13 @@ class Platform:
     region: str
     services: ProjectServices
     registry: ArtifactRegistry
-    firestore: ChatHistoryDatabase | None
+    # Present when a backend downloads Gemma from Hugging Face.
     hf_token: StoredSecret | None
-    # `user:password` for chatExposure=login, kept in Secret Manager.
-    chat_login: StoredSecret | None
-    # Present when something runs on GKE (GKE Gemma or the chat app).
-    cluster: AutopilotCluster | None
-    namespace: kubernetes.core.v1.Namespace | None
-    # The chat app's Kubernetes identity and the account it impersonates for Cloud Run ID tokens.
-    chat_identity: WorkloadIdentity | None
-    chat_invoker: ImpersonatedServiceAccount | None
-    chat_image: pulumi.Output[str] | None
+    # Present when a finetuned Cloud Run service is enabled.
     inference_image: pulumi.Output[str] | None
-
-    @property
-    def k8s_provider(self) -> kubernetes.Provider:
-        if self.cluster is None:
-            raise ValueError("no GKE cluster in this stack: enable gkeGemma or the chat app")
-        return self.cluster.provider
+    # Present when something runs on GKE (GKE Gemma or the chat app).
+    gke: Gke | None
+    chat: Chat | None
 
 
 def _image(
@@ -135,18 +151,13 @@ def build_platform(config: StackConfig) -> Platform:
             depends_on=apis.for_apis("artifactregistry", "storage", "iam", "cloudresourcemanager"),
         ),
     )
-    chat_image: pulumi.Output[str] | None = None
-    if config.builds_chat_image:
-        chat_image = _image("chat-image", CHAT_APP_DIR, config, registry, apis)
-    elif config.images.chat:
-        chat_image = pulumi.Output.from_input(config.images.chat)
     inference_image: pulumi.Output[str] | None = None
     if config.builds_inference_image:
         inference_image = _image("inference-image", INFERENCE_APP_DIR, config, registry, apis)
     elif config.images.inference:
         inference_image = pulumi.Output.from_input(config.images.inference)
 
-    hf_token = chat_login = None
+    hf_token = None
     if config.hf_token is not None:
         hf_token = StoredSecret(
             "hf-token",
@@ -157,12 +168,83 @@ def build_platform(config: StackConfig) -> Platform:
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
-    if (
-        config.chat_app.enabled
-        and config.chat_app.exposure == "login"
-        and config.chat_login_password is not None
-    ):
-        chat_login = StoredSecret(
+    gke = (
+        _gke(config, apis, registry)
+        if config.gke_gemma.enabled or config.chat_app.enabled
+        else None
+    )
+    chat = (
+        _chat(config, apis, registry, gke, project_number)
+        if config.chat_app.enabled and gke is not None
+        else None
+    )
+    return Platform(
+        config=config,
+        project_id=config.project,
+        project_number=project_number,
+        region=config.region,
+        services=apis,
+        registry=registry,
+        hf_token=hf_token,
+        inference_image=inference_image,
+        gke=gke,
+        chat=chat,
+    )
+
+
+def _gke(config: StackConfig, apis: ProjectServices, registry: ArtifactRegistry) -> Gke:
+    cluster = AutopilotCluster(
+        "gke",
+        AutopilotClusterArgs(
+            project_id=config.project,
+            region=config.region,
+            cluster_name=config.cluster.name,
+            node_account_id=config.ids.node_account,
+            image_repository=registry.repository,
+            release_channel=config.cluster.release_channel,
+            deletion_protection=config.cluster.deletion_protection,
+            depends_on=apis.for_apis(
+                "container", "compute", "iam", "artifactregistry", "cloudresourcemanager"
+            ),
+        ),
+    )
+    namespace = kubernetes.core.v1.Namespace(
+        "workloads-namespace",
+        metadata=kubernetes.meta.v1.ObjectMetaArgs(
+            name=config.namespace,
+            labels={
+                "app.kubernetes.io/part-of": "gemma-stack",
+                # Our pods meet restricted; enforcing baseline lets a swapped-in image
+                # that needs root still start, and restricted breaches are reported.
+                "pod-security.kubernetes.io/enforce": "baseline",
+                "pod-security.kubernetes.io/warn": "restricted",
+            },
+        ),
+        opts=pulumi.ResourceOptions(provider=cluster.provider),
+    )
+    default = config.namespace
+    return Gke(
+        cluster=cluster,
+        namespace=namespace,
+        namespace_name=namespace.metadata.apply(lambda m: m.name or default),
+    )
+
+
+def _chat(
+    config: StackConfig,
+    apis: ProjectServices,
+    registry: ArtifactRegistry,
+    gke: Gke,
+    project_number: pulumi.Output[str],
+) -> Chat:
+    image = (
+        pulumi.Output.from_input(config.images.chat)
+        if config.images.chat
+        else _image("chat-image", CHAT_APP_DIR, config, registry, apis)
+    )
+    login = None
+    if config.chat_app.exposure == "login" and config.chat_login_password is not None:
+        login = StoredSecret(
             "chat-login-credentials",
             StoredSecretArgs(
                 project_id=config.project,
@@ -171,97 +253,50 @@ def build_platform(config: StackConfig) -> Platform:
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
-
-    firestore = None
-    if config.chat_app.enabled:
-        firestore = ChatHistoryDatabase(
-            "chat-history",
-            ChatHistoryDatabaseArgs(
-                project_id=config.project,
-                database=config.firestore.database,
-                location=config.firestore.location,
-                delete_protection=config.firestore.delete_protection,
-                depends_on=apis.for_apis("firestore"),
-            ),
-        )
-
-    cluster = namespace = chat_identity = chat_invoker = None
-    if config.gke_gemma.enabled or config.chat_app.enabled:
-        cluster = AutopilotCluster(
-            "gke",
-            AutopilotClusterArgs(
-                project_id=config.project,
-                region=config.region,
-                cluster_name=config.cluster.name,
-                node_account_id=config.ids.node_account,
-                image_repository=registry.repository,
-                release_channel=config.cluster.release_channel,
-                deletion_protection=config.cluster.deletion_protection,
-                depends_on=apis.for_apis(
-                    "container", "compute", "iam", "artifactregistry", "cloudresourcemanager"
-                ),
-            ),
-        )
-        namespace = kubernetes.core.v1.Namespace(
-            "workloads-namespace",
-            metadata=kubernetes.meta.v1.ObjectMetaArgs(
-                name=config.namespace,
-                labels={
-                    "app.kubernetes.io/part-of": "gemma-stack",
-                    # Our pods meet restricted; enforcing baseline lets a swapped-in image
-                    # that needs root still start, and restricted breaches are reported.
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                    "pod-security.kubernetes.io/warn": "restricted",
-                },
-            ),
-            opts=pulumi.ResourceOptions(provider=cluster.provider),
-        )
-
-    if config.chat_app.enabled and cluster is not None and namespace is not None:
-        # The workload pool PROJECT.svc.id.goog exists once the cluster does.
-        chat_identity = WorkloadIdentity(
-            "chat-app",
-            WorkloadIdentityArgs(
-                project_id=config.project,
-                project_number=project_number,
-                namespace=namespace.metadata.apply(lambda m: m.name or config.namespace),
-                ksa_name=config.chat_app.ksa_name,
-                project_roles=CHAT_PROJECT_ROLES,
-                k8s_provider=cluster.provider,
-                depends_on=[
-                    namespace,
-                    cluster.cluster,
-                    *apis.for_apis("cloudresourcemanager", "aiplatform", "firestore"),
-                ],
-            ),
-        )
-        chat_invoker = ImpersonatedServiceAccount(
-            "chat-invoker",
-            ImpersonatedServiceAccountArgs(
-                project_id=config.project,
-                account_id=config.ids.chat_invoker_account,
-                display_name="gemma-stack chat app: ID tokens for Cloud Run backends",
-                impersonators=[chat_identity.principal],
-                depends_on=[cluster.cluster, *apis.for_apis("iam", "iamcredentials")],
-            ),
-        )
-
-    return Platform(
-        config=config,
-        project_id=config.project,
-        project_number=project_number,
-        region=config.region,
-        services=apis,
-        registry=registry,
+    firestore = ChatHistoryDatabase(
+        "chat-history",
+        ChatHistoryDatabaseArgs(
+            project_id=config.project,
+            database=config.firestore.database,
+            location=config.firestore.location,
+            delete_protection=config.firestore.delete_protection,
+            depends_on=apis.for_apis("firestore"),
+        ),
+    )
+    # The workload pool PROJECT.svc.id.goog exists once the cluster does.
+    identity = WorkloadIdentity(
+        "chat-app",
+        WorkloadIdentityArgs(
+            project_id=config.project,
+            project_number=project_number,
+            namespace=gke.namespace_name,
+            ksa_name=config.chat_app.ksa_name,
+            project_roles=CHAT_PROJECT_ROLES,
+            k8s_provider=gke.provider,
+            depends_on=[
+                gke.namespace,
+                gke.cluster.cluster,
+                *apis.for_apis("cloudresourcemanager", "aiplatform", "firestore"),
+            ],
+        ),
+    )
+    invoker = ImpersonatedServiceAccount(
+        "chat-invoker",
+        ImpersonatedServiceAccountArgs(
+            project_id=config.project,
+            account_id=config.ids.chat_invoker_account,
+            display_name="gemma-stack chat app: ID tokens for Cloud Run backends",
+            impersonators=[identity.principal],
+            depends_on=[gke.cluster.cluster, *apis.for_apis("iam", "iamcredentials")],
+        ),
+    )
+    return Chat(
+        gke=gke,
         firestore=firestore,
-        hf_token=hf_token,
-        chat_login=chat_login,
-        cluster=cluster,
-        namespace=namespace,
-        chat_identity=chat_identity,
-        chat_invoker=chat_invoker,
-        chat_image=chat_image,
-        inference_image=inference_image,
+        identity=identity,
+        invoker=invoker,
+        image=image,
+        login=login,
     )
 
 
@@ -277,27 +312,26 @@ def platform_outputs(platform: Platform) -> dict[str, Any]:
         "buildServiceAccount": platform.registry.build_service_account_email,
         "buildStagingBucket": platform.registry.staging_bucket_name,
     }
-    if platform.chat_image is not None:
-        outputs["chatImage"] = platform.chat_image
     if platform.inference_image is not None:
         outputs["inferenceImage"] = platform.inference_image
     if platform.hf_token is not None:
         outputs["hfTokenSecret"] = platform.hf_token.secret_id
-    if platform.chat_login is not None:
-        outputs["chatLoginSecret"] = platform.chat_login.secret_id
-        outputs["chatLoginUser"] = CHAT_LOGIN_USER
-    if platform.firestore is not None:
-        outputs["firestoreDatabase"] = platform.firestore.name
-    if platform.cluster is not None:
-        outputs["clusterName"] = platform.cluster.name
+    if platform.gke is not None:
+        cluster = platform.gke.cluster
+        outputs["clusterName"] = cluster.name
         outputs["namespace"] = config.namespace
         outputs["clusterCredentialsCommand"] = pulumi.Output.concat(
             "gcloud container clusters get-credentials ",
-            platform.cluster.name,
+            cluster.name,
             f" --region {config.region} --project {config.project}",
         )
-    if platform.chat_identity is not None:
-        outputs["chatPrincipal"] = platform.chat_identity.principal
-    if platform.chat_invoker is not None:
-        outputs["chatInvokerServiceAccount"] = platform.chat_invoker.email
+    if platform.chat is not None:
+        chat = platform.chat
+        outputs["chatImage"] = chat.image
+        outputs["firestoreDatabase"] = chat.firestore.name
+        outputs["chatPrincipal"] = chat.identity.principal
+        outputs["chatInvokerServiceAccount"] = chat.invoker.email
+        if chat.login is not None:
+            outputs["chatLoginSecret"] = chat.login.secret_id
+            outputs["chatLoginUser"] = CHAT_LOGIN_USER
     return outputs

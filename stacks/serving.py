@@ -21,7 +21,7 @@ from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from stacks.backends import cloud_run_backend, gke_backend
 from stacks.config import CloudRunServiceConfig
-from stacks.platform import Platform
+from stacks.platform import Chat, Gke, Platform
 
 GEMMA_KSA = "gemma"
 
@@ -35,15 +35,15 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
     config = platform.config
     outputs: dict[str, Any] = {}
     backends: list[ChatBackend] = []
-    if config.chat_app.enabled:
+    if platform.chat is not None:
         backends.append(
             ChatBackend.gemini_on_vertex(
                 model=config.chat_app.gemini_model, location=config.chat_app.gemini_location
             )
         )
 
-    if config.gke_gemma.enabled:
-        gemma = _gemma_on_gke(platform)
+    if config.gke_gemma.enabled and platform.gke is not None:
+        gemma = _gemma_on_gke(platform, platform.gke)
         backends.append(
             gke_backend(
                 gemma, id="gemma-gke", label=f"Gemma 3 {_size(config.gke_gemma.variant)} (GKE)"
@@ -72,24 +72,17 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         outputs["cloudRunUrls"] = urls
         outputs["cloudRunCurlExamples"] = curls
 
-    if config.chat_app.enabled:
-        chat = _chat_app(platform, backends)
+    if platform.chat is not None:
+        chat = _chat_app(platform, platform.chat, backends)
         outputs["chatUrl"] = chat.url
         outputs["chatAccess"] = chat.access_hint
         outputs["chatBackends"] = [backend.id for backend in backends]
     return outputs
 
 
-def _namespace(platform: Platform) -> pulumi.Output[str]:
-    if platform.namespace is None:
-        raise ValueError("GKE workloads need the platform's namespace")
-    default = platform.config.namespace
-    return platform.namespace.metadata.apply(lambda m: m.name or default)
-
-
-def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
+def _gemma_on_gke(platform: Platform, gke: Gke) -> GemmaOnGke:
     config = platform.config.gke_gemma
-    namespace = _namespace(platform)
+    namespace = gke.namespace_name
     identity = WorkloadIdentity(
         "gemma",
         WorkloadIdentityArgs(
@@ -99,8 +92,8 @@ def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
             ksa_name=GEMMA_KSA,
             # vLLM needs no Google API; a GCS model adds read on that one bucket.
             project_roles=[],
-            k8s_provider=platform.k8s_provider,
-            depends_on=[r for r in (platform.namespace,) if r is not None],
+            k8s_provider=gke.provider,
+            depends_on=[gke.namespace],
         ),
     )
     hf_token: pulumi.Output[str] | None = None
@@ -113,7 +106,7 @@ def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
         "gemma",
         GemmaOnGkeArgs(
             namespace=namespace,
-            k8s_provider=platform.k8s_provider,
+            k8s_provider=gke.provider,
             model_id=config.model_id,
             gpu_count=config.gpu_count,
             tensor_parallel=config.tensor_parallel,
@@ -135,8 +128,8 @@ def _gemma_on_gke(platform: Platform) -> GemmaOnGke:
 
 def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> CloudRunGpuServiceArgs:
     invokers: dict[str, pulumi.Input[str]] = dict(invokers_from(service.invokers))
-    if platform.chat_invoker is not None:
-        invokers["chat-app"] = platform.chat_invoker.member
+    if platform.chat is not None:
+        invokers["chat-app"] = platform.chat.invoker.member
     common: dict[str, Any] = {
         "project_id": platform.project_id,
         "region": platform.region,
@@ -190,43 +183,33 @@ def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> Cloud
     )
 
 
-def _chat_app(platform: Platform, backends: list[ChatBackend]) -> ChatApp:
+def _chat_app(platform: Platform, chat: Chat, backends: list[ChatBackend]) -> ChatApp:
     config = platform.config
-    identity = platform.chat_identity
-    if identity is None or platform.chat_image is None:
-        raise ValueError("the chat app needs its workload identity and image from the platform")
-    login = platform.chat_login.stored_value if platform.chat_login is not None else None
+    iap = config.chat_app.exposure == "iap"
     return ChatApp(
         "chat",
         ChatAppArgs(
             project_id=platform.project_id,
-            namespace=_namespace(platform),
-            k8s_provider=platform.k8s_provider,
-            image=platform.chat_image,
+            namespace=chat.gke.namespace_name,
+            k8s_provider=chat.gke.provider,
+            image=chat.image,
             image_is_immutable=config.builds_chat_image,
-            ksa_name=identity.ksa_name,
-            ksa_principal=identity.principal,
+            ksa_name=chat.identity.ksa_name,
+            ksa_principal=chat.identity.principal,
             backends=backends,
-            firestore_database=config.firestore.database,
+            firestore_database=chat.firestore.name,
             exposure=config.chat_app.exposure,
-            id_token_service_account=(
-                platform.chat_invoker.email if platform.chat_invoker is not None else None
-            ),
+            id_token_service_account=chat.invoker.email,
             iap_domain=config.chat_app.domain,
-            iap_audience=(
-                config.chat_app.iap_audience if config.chat_app.exposure == "iap" else None
-            ),
-            iap_accessors=(
-                invokers_from(config.chat_app.allowed_users)
-                if config.chat_app.exposure == "iap"
-                else {}
-            ),
-            login_credentials=login,
+            iap_audience=config.chat_app.iap_audience if iap else None,
+            iap_accessors=invokers_from(config.chat_app.allowed_users) if iap else {},
+            login_credentials=chat.login.stored_value if chat.login is not None else None,
             system_prompt=config.chat_app.system_prompt,
             depends_on=(
-                *(r for r in (identity, platform.firestore) if r is not None),
+                chat.identity,
+                chat.firestore,
                 # IAP's access bindings need its API.
-                *(platform.services.for_apis("iap") if config.chat_app.exposure == "iap" else ()),
+                *(platform.services.for_apis("iap") if iap else ()),
             ),
         ),
     )

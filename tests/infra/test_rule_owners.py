@@ -72,3 +72,24 @@ def test_no_component_imports_another_component() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("components."):
                 imported = node.module.removeprefix("components.")  # type: ignore[union-attr]
                 assert imported not in components - {path.stem}, f"{path.name} imports {imported}"
+
+
+def test_the_platform_hands_over_groups_whose_parts_exist_together() -> None:
+    import types  # noqa: PLC0415
+    import typing  # noqa: PLC0415
+
+    from stacks.platform import Chat, Gke, Platform  # noqa: PLC0415
+
+    def optional(cls: type) -> set[str]:
+        hints = typing.get_type_hints(cls)
+        return {
+            name
+            for name, hint in hints.items()
+            if isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+        }
+
+    # Each optional part is a whole capability; nothing inside a group is optional except
+    # the login secret, which only chatExposure=login has.
+    assert optional(Platform) == {"hf_token", "inference_image", "gke", "chat"}
+    assert optional(Gke) == set()
+    assert optional(Chat) == {"login"}
