@@ -85,7 +85,8 @@ def test_the_platform_hands_over_groups_whose_parts_exist_together() -> None:
         return {
             name
             for name, hint in hints.items()
-            if isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(hint)
         }
 
     # Each optional part is a whole capability; nothing inside a group is optional except
