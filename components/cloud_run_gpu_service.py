@@ -154,7 +154,7 @@ class CloudRunGpuServiceArgs:
             )
         return found
 
-    def validate(self, name: str) -> None:  # noqa: PLR0912 - one readable check per rule
+    def validate(self, name: str) -> None:
         """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
         where = f"CloudRunGpuService {name!r}"
         service = self.service_name or name
@@ -163,22 +163,20 @@ class CloudRunGpuServiceArgs:
                 f"{where}: service name {service!r} must be 1-49 lowercase letters, digits "
                 "or hyphens, starting with a letter."
             )
-        if problems := resource_problems(self.cpu, self.memory):
-            raise ValueError(f"{where}: {' '.join(problems)}")
+        settings = ServiceSettings(
+            cpu=self.cpu,
+            memory=self.memory,
+            concurrency=self.concurrency,
+            max_instances=self.max_instances,
+            min_instances=self.min_instances,
+            timeout_seconds=self.timeout_seconds,
+        )
+        if problems := settings.problems():
+            raise ValueError(f"{where}: " + " ".join(f"{f}={m}" for f, m in problems))
         if isinstance(self.image, str) and (
             problem := cloud_run_cuda_problem(self.image, self.cuda)
         ):
             raise ValueError(f"{where}: {problem}")
-        if not 1 <= self.concurrency <= 1000:
-            raise ValueError(f"{where}: concurrency must be within 1..1000.")
-        if self.max_instances < 1 or not 0 <= self.min_instances <= self.max_instances:
-            raise ValueError(
-                f"{where}: need 0 <= min_instances ({self.min_instances}) <= max_instances "
-                f"({self.max_instances}) and max_instances >= 1; each instance holds one L4 "
-                "of the regional quota."
-            )
-        if not 1 <= self.timeout_seconds <= 3600:
-            raise ValueError(f"{where}: timeout_seconds must be within 1..3600.")
         if "PORT" in self.env:
             raise ValueError(f"{where}: PORT is set by Cloud Run from container_port.")
         if overlap := sorted(set(self.env) & set(self.secret_env)):
@@ -202,6 +200,8 @@ class CloudRunGpuServiceArgs:
                     )
 
 
+MAX_CONCURRENCY = 1000
+MAX_TIMEOUT_S = 3600
 # An instance with an L4 takes 4, 6 or 8 CPUs, and Cloud Run caps memory by CPU count
 # ("Configure memory limits", Cloud Run docs): 4 CPUs up to 16 GiB, 6 up to 24, 8 up to 32.
 L4_MAX_MEMORY_GIB_BY_CPU = {4: 16.0, 6: 24.0, 8: 32.0}
@@ -228,26 +228,29 @@ def parse_memory_gib(value: str) -> float | None:
     return None
 
 
-def resource_problems(cpu: str, memory: str) -> list[str]:
-    """What Cloud Run would refuse in one L4 instance's cpu and memory, each with its fix."""
+def resource_problems(cpu: str, memory: str) -> list[tuple[str, str]]:
+    """What Cloud Run would refuse in one L4 instance's cpu and memory: (field, why and fix)."""
     cpus = parse_cpu(cpu)
     gib = parse_memory_gib(memory)
     problems = []
     allowed = ", ".join(str(c) for c in L4_MAX_MEMORY_GIB_BY_CPU)
     if cpus not in L4_MAX_MEMORY_GIB_BY_CPU:
-        problems.append(f"cpu={cpu!r}: an L4 instance takes {allowed} CPUs; set one of them.")
+        problems.append(("cpu", f"{cpu!r}: an L4 instance takes {allowed} CPUs; set one of them."))
     if gib is None:
-        problems.append(f"memory={memory!r}: write it with a unit, like 32Gi or 16384Mi.")
+        problems.append(("memory", f"{memory!r}: write it with a unit, like 32Gi or 16384Mi."))
     elif gib < L4_MIN_MEMORY_GIB:
-        problems.append(f"memory={memory!r}: an L4 instance needs at least 16Gi.")
+        problems.append(("memory", f"{memory!r}: an L4 instance needs at least 16Gi."))
     if cpus in L4_MAX_MEMORY_GIB_BY_CPU and gib is not None:
         cap = L4_MAX_MEMORY_GIB_BY_CPU[int(cpus)]
         if gib > cap:
             more = [f"{c} CPUs" for c, m in L4_MAX_MEMORY_GIB_BY_CPU.items() if m >= gib]
             fix = f"set cpu to {more[0].split()[0]} or more" if more else "lower memory"
             problems.append(
-                f"memory={memory!r} is more than Cloud Run allows with {cpu} CPUs "
-                f"(at most {cap:g}Gi): {fix}, or set memory to {cap:g}Gi."
+                (
+                    "memory",
+                    f"{memory!r} is more than Cloud Run allows with {cpu} CPUs "
+                    f"(at most {cap:g}Gi): {fix}, or set memory to {cap:g}Gi.",
+                )
             )
     return problems
 
@@ -266,6 +269,27 @@ class ServiceSettings:
     public: bool = False
     ingress: str = "INGRESS_TRAFFIC_ALL"
     deletion_protection: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What Cloud Run would refuse here, as (field, why and how to fix it)."""
+        found = resource_problems(self.cpu, self.memory)
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            found.append(("concurrency", f"{self.concurrency} must be within 1..1000."))
+        if self.max_instances < 1:
+            found.append(
+                ("max_instances", f"{self.max_instances} must be at least 1 (one L4 each).")
+            )
+        elif not 0 <= self.min_instances <= self.max_instances:
+            found.append(
+                (
+                    "min_instances",
+                    f"{self.min_instances} must be within 0 and the most instances "
+                    f"({self.max_instances}); every warm instance bills a GPU around the clock.",
+                )
+            )
+        if not 1 <= self.timeout_seconds <= MAX_TIMEOUT_S:
+            found.append(("timeout_seconds", f"{self.timeout_seconds} must be within 1..3600."))
+        return found
 
 
 VLLM_SETTINGS = ServiceSettings(concurrency=16)

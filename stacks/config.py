@@ -18,9 +18,9 @@ import pulumi
 from components.cloud_run_gpu_service import (
     PREBUILT_IMAGE,
     PREBUILT_VARIANTS,
+    ServiceSettings,
     parse_cpu,
     parse_memory_gib,
-    resource_problems,
 )
 from components.cluster import RELEASE_CHANNELS
 from components.gpu_software import (
@@ -333,6 +333,12 @@ class _Reader:
         return tuple(raw)
 
 
+def _camel(field: str) -> str:
+    """`max_instances` -> `maxInstances`: a component field as its config key."""
+    first, *rest = field.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
 def parse_gcs_uri(uri: str) -> GcsModel | None:
     """Split `gs://bucket/path` (path may be empty); None when it is not a well-formed gs:// URI."""
     match = _GS_URI.match(uri)
@@ -570,23 +576,18 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
                 "the merged model folder (config.json, model.safetensors, tokenizer files)."
             )
 
-    if isinstance(cpu, str) and isinstance(memory, str):
-        problems.extend(f"{where}.{problem}" for problem in resource_problems(cpu, memory))
-    if isinstance(concurrency, int) and not 1 <= concurrency <= 1000:
-        problems.append(f"{where}.concurrency={concurrency} must be within 1..1000.")
-    if isinstance(max_instances, int) and max_instances < 1:
-        problems.append(f"{where}.maxInstances={max_instances} must be at least 1.")
-    if (
-        isinstance(min_instances, int)
-        and isinstance(max_instances, int)
-        and not 0 <= min_instances <= max_instances
+    if all(isinstance(v, str) for v in (cpu, memory)) and all(
+        isinstance(v, int) for v in (concurrency, max_instances, min_instances, timeout)
     ):
-        problems.append(
-            f"{where}.minInstances={min_instances} must be within 0..maxInstances "
-            f"({max_instances}); every warm instance bills a GPU around the clock."
+        settings = ServiceSettings(
+            cpu=cpu,
+            memory=memory,
+            concurrency=concurrency,
+            max_instances=max_instances,
+            min_instances=min_instances,
+            timeout_seconds=timeout,
         )
-    if isinstance(timeout, int) and not 1 <= timeout <= 3600:
-        problems.append(f"{where}.timeoutSeconds={timeout} must be within 1..3600.")
+        problems.extend(f"{where}.{_camel(f)}={m}" for f, m in settings.problems())
     if enabled and region not in CLOUD_RUN_L4_REGIONS:
         problems.append(
             f"{where}: Cloud Run offers no L4 GPU in gcp:region={region!r}. Use one of "

@@ -94,3 +94,30 @@ def test_the_platform_hands_over_groups_whose_parts_exist_together() -> None:
     assert optional(Platform) == {"hf_token", "inference_image", "gke", "chat"}
     assert optional(Gke) == set()
     assert optional(Chat) == {"login"}
+
+
+@pytest.mark.parametrize(
+    ("config_fields", "settings_fields", "message"),
+    [
+        ({"concurrency": 1001}, {"concurrency": 1001}, "1001 must be within 1..1000."),
+        ({"maxInstances": 0}, {"max_instances": 0}, "0 must be at least 1"),
+        (
+            {"minInstances": 3},
+            {"min_instances": 3},
+            "3 must be within 0 and the most instances (1)",
+        ),
+        ({"timeoutSeconds": 4000}, {"timeout_seconds": 4000}, "4000 must be within 1..3600."),
+        ({"cpu": "5"}, {"cpu": "5"}, "an L4 instance takes 4, 6, 8 CPUs"),
+    ],
+)
+def test_config_and_component_give_the_same_verdict_on_cloud_run_settings(
+    config_fields: dict[str, object], settings_fields: dict[str, object], message: str
+) -> None:
+    from components.cloud_run_gpu_service import ServiceSettings  # noqa: PLC0415
+
+    error, _ = run_program_error(overrides=_prebuilt(**{"concurrency": 4, **config_fields}))
+    settings = ServiceSettings(**{"concurrency": 4, **settings_fields})  # type: ignore[arg-type]
+    ((_, component_message),) = settings.problems()
+    assert message in component_message
+    (key,) = config_fields
+    assert f"cloudRunServices[p].{key}={component_message}" in str(error)
