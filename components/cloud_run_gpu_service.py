@@ -20,6 +20,7 @@ from components.gpu_software import (
     cuda_label,
     vllm_image_cuda,
 )
+from components.iam_members import OPEN_MEMBERS, is_iam_member
 from components.iam_wait import wait_for_grants
 from components.resource_ids import fixed_id_options, scoped_id, service_account_id
 
@@ -36,16 +37,8 @@ GPUS_PER_INSTANCE = 1
 # exceeds this, so the longest possible startup window is 240 + 240 s.
 CLOUD_RUN_PROBE_MAX_S = 240
 MODEL_MOUNT = "/models"
-_SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
-_OPEN_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
-_MEMBER_PREFIXES = (
-    "user:",
-    "group:",
-    "serviceAccount:",
-    "domain:",
-    "principal://",
-    "principalSet://",
-)
+# Cloud Run service names: lowercase letters, digits and hyphens, a letter first, <= 49.
+SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -158,7 +151,7 @@ class CloudRunGpuServiceArgs:
         """Refuse settings Cloud Run GPUs reject, with the fix in the message."""
         where = f"CloudRunGpuService {name!r}"
         service = self.service_name or name
-        if not _SERVICE_NAME.match(service):
+        if not SERVICE_NAME.match(service):
             raise ValueError(
                 f"{where}: service name {service!r} must be 1-49 lowercase letters, digits "
                 "or hyphens, starting with a letter."
@@ -188,12 +181,12 @@ class CloudRunGpuServiceArgs:
                     "(it names the IAM binding)."
                 )
             if isinstance(member, str):
-                if member in _OPEN_MEMBERS:
+                if member in OPEN_MEMBERS:
                     raise ValueError(
                         f"{where}: invoker {label!r} is {member}; open a service to everyone "
                         "only with public=True, which also warns on every `pulumi up`."
                     )
-                if not member.startswith(_MEMBER_PREFIXES):
+                if not is_iam_member(member):
                     raise ValueError(
                         f"{where}: invoker {label!r}={member!r} is not an IAM member; write "
                         "e.g. 'user:ana@example.com' or 'group:ml-team@example.com'."

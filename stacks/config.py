@@ -18,6 +18,7 @@ import pulumi
 from components.cloud_run_gpu_service import (
     PREBUILT_IMAGE,
     PREBUILT_VARIANTS,
+    SERVICE_NAME,
     ServiceSettings,
     parse_cpu,
     parse_memory_gib,
@@ -29,6 +30,7 @@ from components.gpu_software import (
     cuda_12_vllm_image,
     vllm_image_cuda,
 )
+from components.iam_members import OPEN_MEMBERS, is_iam_member
 from components.registry import DEFAULT_BUILD_REGION, build_region_problem
 from components.resource_ids import fitted_id, id_part, scoped_id, service_account_id
 from stacks.cloud_run_regions import CLOUD_RUN_L4_REGIONS
@@ -49,12 +51,8 @@ PreflightMode = Literal["enforce", "warn", "off"]
 
 _GS_URI = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(?:/(.*))?$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_RUN_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
 _K8S_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_MEMBER = re.compile(
-    r"^(user|group|serviceAccount|domain|principal|principalSet):.+$|^principal(Set)?://.+$"
-)
 _IAP_AUDIENCE = re.compile(r"^/projects/\d+/global/backendServices/\d+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -487,7 +485,7 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     name = str(raw.get("name", ""))
     if name:
         where = f"cloudRunServices[{name}]"
-    if not _RUN_NAME.match(name):
+    if not SERVICE_NAME.match(name):
         problems.append(
             f"{where}.name={name!r} must be a Cloud Run service name: lowercase letters, "
             "digits and hyphens, starting with a letter, at most 49 characters."
@@ -520,12 +518,12 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     else:
         invokers = tuple(invokers_raw)
     for member in invokers:
-        if member in {"allUsers", "allAuthenticatedUsers"}:
+        if member in OPEN_MEMBERS:
             problems.append(
                 f"{where}.invokers lists {member}; GPU endpoints are private. Set "
                 f"`public: true` on the service if you really want anyone to call it."
             )
-        elif not _MEMBER.match(member):
+        elif not is_iam_member(member):
             problems.append(
                 f"{where}.invokers entry {member!r} is not an IAM member "
                 "(user:, group:, serviceAccount:, domain:, principal://, principalSet://)."
@@ -671,7 +669,7 @@ def _parse_chat_app(
             '(pulumi config set --path "chatAllowedUsers[0]" user:you@example.com).'
         )
     for member in chat_app.allowed_users:
-        if member in {"allUsers", "allAuthenticatedUsers"} or not _MEMBER.match(member):
+        if not is_iam_member(member):
             r.problems.append(
                 f"chatAllowedUsers entry {member!r} must name people or groups, such as "
                 "user:ana@example.com or group:ml-team@example.com (IAP lets in exactly these)."
