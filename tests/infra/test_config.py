@@ -48,7 +48,7 @@ def service(**fields: Any) -> dict[str, Any]:
     return {"gemma-stack:cloudRunServices": [fields]}
 
 
-# --------------------------------------------------------------------------- issue 2's four
+# --------------------------------------------------------------------------- four invalid configs
 
 
 FOUR_INVALID = {

@@ -1,4 +1,4 @@
-"""The whole program under mocks with Pulumi.dev.yaml: issue 2's Done-when list and safety rules."""
+"""The whole program under mocks with Pulumi.dev.yaml: what it creates, and its safety rules."""
 
 from __future__ import annotations
 
