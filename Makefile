@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CHECKOV := .tools/checkov
 
-.PHONY: help venv lock test lint typecheck pytest demo bench fuzz system-deps clean
+.PHONY: help venv lock test lint typecheck pytest demo bench fuzz docs system-deps clean
 
 help:
 	@echo "make demo   - run the chat app, the inference app and a local Firestore, offline"
@@ -12,6 +12,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/ and print their tables"
 	@echo "make fuzz   - search for inputs that give 5xx, FUZZ_EXAMPLES per route (default 2000)"
 	@echo "make lock   - recompile the hash-pinned requirements from the .in files (docs/development.md)"
+	@echo "make docs   - regenerate docs/configuration.md from Pulumi.yaml"
 
 # CPU build for tests; the inference image installs its own CUDA build. No lock holds torch.
 TORCH := torch==2.13.0
@@ -75,6 +76,10 @@ bench: venv
 # A fresh random search; failures are stored in tests/inference/fuzz-examples for make test.
 fuzz: venv
 	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -s --timeout=0 tests/inference/test_fuzz.py tests/tuning/test_tuning_fuzz.py
+
+# docs/configuration.md is generated from Pulumi.yaml; tests/test_docs.py fails when it is stale.
+docs: venv
+	$(BIN)/python scripts/config_docs.py > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache
