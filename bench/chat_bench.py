@@ -338,9 +338,9 @@ def local_stack(
 ) -> Iterator[tuple[str, str, str, str]]:
     """Emulator + inference app (tiny Gemma 3) + chat app on free ports; yields their URLs."""
     sys.path.insert(0, str(ROOT))
-    from app.inference.tiny_model import build_tiny_gemma3  # noqa: PLC0415
     from devtools.firestore_emulator import FirestoreEmulator  # noqa: PLC0415
     from devtools.ports import free_port  # noqa: PLC0415
+    from devtools.tiny_model import build_tiny_gemma3  # noqa: PLC0415
 
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-")))

@@ -26,10 +26,10 @@ import httpx
 
 from app.inference.engine import SamplingParams
 from app.inference.model_source import resolve_model_dir
-from app.inference.tiny_model import build_tiny_gemma3
 from app.inference.transformers_engine import TransformersEngine
 from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator
 from devtools.ports import free_port
+from devtools.tiny_model import build_tiny_gemma3
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CACHE = REPO / ".cache" / "bench-gemma3-270m-shape"

@@ -427,7 +427,7 @@ class Demo:
         say(f"building the offline demo model (random weights) in {display_path(target)}")
         return self._start(
             "model build",
-            [sys.executable, "-m", "app.inference.tiny_model", str(partial)],
+            [sys.executable, "-m", "devtools.tiny_model", str(partial)],
             {},
             "model-build.log",
         )

@@ -36,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("chat-stack")
     model_dir = work / "tiny"
     model_build = subprocess.Popen(
-        [sys.executable, "-m", "app.inference.tiny_model", str(model_dir), "--reply", REPLY],
+        [sys.executable, "-m", "devtools.tiny_model", str(model_dir), "--reply", REPLY],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.inference.tiny_model import build_tiny_gemma3
 from devtools.gcs_emulator import GcsEmulator
+from devtools.tiny_model import build_tiny_gemma3
 from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess, start_server
 
 
