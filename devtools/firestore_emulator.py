@@ -84,7 +84,6 @@ class FirestoreEmulator:
         if server is None:
             return
         server.stop(grace_s=10.0)
-        server.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> FirestoreEmulator:
         return self.start()

@@ -94,7 +94,6 @@ class GcsEmulator:
 
     def stop(self) -> None:
         self.server.stop(grace_s=10.0)
-        self.server.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self

@@ -65,6 +65,8 @@ class ChildProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started_at: float = field(default_factory=time.monotonic)
+    # A log the launcher made up (no log_path given) is deleted when the child is stopped.
+    temporary_log: bool = False
 
     @classmethod
     def start(
@@ -78,6 +80,7 @@ class ChildProcess:
         cwd: Path = REPO_ROOT,
     ) -> Self:
         """Start `argv` with `env` over `base_env` (default: this process's environment)."""
+        temporary_log = log_path is None
         if log_path is None:
             prefix = re.sub(r"\W+", "-", name)
             fd, log_name = tempfile.mkstemp(prefix=f"{prefix}-", suffix=".log")
@@ -94,7 +97,7 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return cls(name=name, popen=popen, log_path=log_path)
+        return cls(name=name, popen=popen, log_path=log_path, temporary_log=temporary_log)
 
     @property
     def pid(self) -> int:
@@ -172,6 +175,8 @@ class ChildProcess:
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM the child's process tree, give it `grace_s` to exit, then SIGKILL."""
         stop_all([self], steps=((signal.SIGTERM, grace_s),))
+        if self.temporary_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
