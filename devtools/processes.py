@@ -162,9 +162,11 @@ class ChildProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=POLL_S)
 
-    def finish(self, deadline_s: float = READY_DEADLINE_S, **wait: Any) -> int:
+    def finish(
+        self, deadline_s: float = READY_DEADLINE_S, *, watch: Sequence[ChildProcess] = ()
+    ) -> int:
         """Wait until the child exits by itself (a build, say); return its exit code."""
-        self.wait_until(lambda: self.exit_code is not None, deadline_s=deadline_s, **wait)
+        self.wait_until(lambda: self.exit_code is not None, deadline_s=deadline_s, watch=watch)
         return self.popen.returncode
 
     def signal_group(self, sig: signal.Signals) -> None:
