@@ -18,11 +18,9 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -312,35 +310,15 @@ async def measure(
 
 
 @contextmanager
-def _process(
-    args: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None
-) -> Iterator[None]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    if cpus:
-        # Before the server starts its worker threads, which inherit the affinity.
-        os.sched_setaffinity(process.pid, cpus)
-    try:
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-@contextmanager
 def local_stack(
     inference_concurrency: int, pin: bool = False
 ) -> Iterator[tuple[str, str, str, str]]:
     """Emulator + inference app (tiny Gemma 3) + chat app on free ports; yields their URLs."""
     sys.path.insert(0, str(ROOT))
-    from app.inference.tiny_model import build_tiny_gemma3  # noqa: PLC0415
     from devtools.firestore_emulator import FirestoreEmulator  # noqa: PLC0415
     from devtools.ports import free_port  # noqa: PLC0415
+    from devtools.processes import start_server  # noqa: PLC0415
+    from devtools.tiny_model import build_tiny_gemma3  # noqa: PLC0415
 
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-")))
@@ -356,9 +334,14 @@ def local_stack(
             "MAX_CONCURRENCY": str(inference_concurrency),
             "MAX_QUEUE": "512",
         }
-        stack.enter_context(
-            _process([sys.executable, "-m", "app.inference"], inference_env, work / "inference.log")
+        inference = start_server(
+            "inference app",
+            [sys.executable, "-m", "app.inference"],
+            port=inference_port,
+            env=inference_env,
+            log_path=work / "inference.log",
         )
+        stack.enter_context(inference)
         backends = [
             {
                 "id": "gemma",
@@ -375,29 +358,21 @@ def local_stack(
             "CHAT_BACKENDS": json.dumps(backends),
             "SYSTEM_PROMPT": "",
         }
-        stack.enter_context(
-            _process(
-                [sys.executable, "-m", "app.chat"],
-                chat_env,
-                work / "chat.log",
-                {1} if pin else None,
-            )
+        chat = start_server(
+            "chat app",
+            [sys.executable, "-m", "app.chat"],
+            port=chat_port,
+            health_path="/healthz",
+            env=chat_env,
+            log_path=work / "chat.log",
         )
-        for url in (f"{inference_url}/health", f"http://127.0.0.1:{chat_port}/healthz"):
-            _wait_any(url, 180.0)
+        stack.enter_context(chat)
+        if pin:
+            # Before the server starts its worker threads, which inherit the affinity.
+            os.sched_setaffinity(chat.pid, {1})
+        inference.wait_ready()
+        chat.wait_ready()
         yield f"http://127.0.0.1:{chat_port}", f"{inference_url}/v1", "tiny", "Gemma 3 (local)"
-
-
-def _wait_any(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout_s:g} s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,10 +25,11 @@ import httpx
 
 from app.inference.engine import SamplingParams
 from app.inference.model_source import resolve_model_dir
-from app.inference.tiny_model import build_tiny_gemma3
 from app.inference.transformers_engine import TransformersEngine
 from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator
 from devtools.ports import free_port
+from devtools.processes import ServerProcess, start_server
+from devtools.tiny_model import build_tiny_gemma3
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CACHE = REPO / ".cache" / "bench-gemma3-270m-shape"
@@ -60,40 +60,15 @@ def build_model() -> Path:
     return MODEL_CACHE
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, float]:
-    """Start the server and return it, its URL and seconds from process start to /health 200."""
+def start_inference(env: dict[str, str]) -> ServerProcess:
+    """The inference app on a free port; wait_ready().ready_after_s is its start to /health 200."""
     port = free_port()
-    full_env = {
-        **os.environ,
-        **CLIENT_ENV,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "warning",
-        **env,
-    }
-    started = time.perf_counter()
-    process = subprocess.Popen(
+    return start_server(
+        "inference app",
         [sys.executable, "-m", "app.inference"],
-        cwd=REPO,
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        port=port,
+        env={**CLIENT_ENV, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", **env},
     )
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url, time.perf_counter() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def http_stream(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> Run:
@@ -163,15 +138,10 @@ def cold_start(
     cold: dict[str, float] = {}
     for label, workers in (("parallel", "16"), ("one connection", "1")):
         with tempfile.TemporaryDirectory() as cache:
-            process, _, seconds = start_server(
-                {
-                    "MODEL_URI": uri,
-                    "MODEL_CACHE_DIR": cache,
-                    "DOWNLOAD_WORKERS": workers,
-                    **gcs.env(),
-                }
-            )
-            stop(process)
+            env = {"MODEL_URI": uri, "MODEL_CACHE_DIR": cache, "DOWNLOAD_WORKERS": workers}
+            with start_inference({**env, **gcs.env()}) as server:
+                seconds = server.wait_ready().ready_after_s
+        assert seconds is not None
         cold[label] = seconds
         rows.append(
             (f"cold start to /health 200, {label}", f"{seconds:.1f} s", "Cloud Run probe <= 240 s")
@@ -183,11 +153,13 @@ def measure_overhead(
     model_dir: Path, label: str, rounds: int, tokens: int, rows: list[tuple[str, str, str]]
 ) -> dict[str, float]:
     """Same prompts and settings in-process and through HTTP streaming, in alternating pairs."""
-    process, url, _ = start_server({"MODEL_URI": str(model_dir), "MAX_CONCURRENCY": "1"})
     # One client with a kept-alive connection, as the openai and google-genai clients do; a
     # client per request would add its own TLS-context setup (~20 ms) to every TTFT.
-    client = httpx.Client(timeout=600)
-    try:
+    with (
+        start_inference({"MODEL_URI": str(model_dir), "MAX_CONCURRENCY": "1"}) as server,
+        httpx.Client(timeout=600) as client,
+    ):
+        url = server.wait_ready().url
         engine = TransformersEngine(model_dir, "bench")
         direct(engine, "warm up", 2)
         http_stream(client, url, model_dir.name, "warm up", 2)
@@ -202,9 +174,6 @@ def measure_overhead(
                 else:
                     http_runs.append(http_stream(client, url, model_dir.name, prompt, tokens))
                     direct_runs.append(direct(engine, prompt, tokens))
-    finally:
-        client.close()
-        stop(process)
     pairs = list(zip(http_runs, direct_runs, strict=True))
     # Medians of paired runs: on a shared machine a few slow runs would swamp sums.
     ratios = [h.tokens_per_s / d.tokens_per_s for h, d in pairs]

@@ -125,7 +125,7 @@ def main() -> None:
             ("chat", write_chat(folder / "chat.jsonl", args.lines), None),
         ]
         if args.tokenizer:
-            from app.inference.tiny_model import build_tiny_gemma3  # noqa: PLC0415
+            from devtools.tiny_model import build_tiny_gemma3  # noqa: PLC0415
 
             model = build_tiny_gemma3(folder / "tiny-model")
             rows.append(("text, exact tokenizer", rows[0][1], str(model)))

@@ -19,25 +19,30 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from devtools.firestore_emulator import FirestoreEmulator
+from devtools.processes import (
+    ChildProcess,
+    NotReadyError,
+    ProcessExitedError,
+    ServerProcess,
+    display_path,
+    start_server,
+    stop_all,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -64,7 +69,7 @@ HURRY_AFTER_S = 2.0
 STOP_GRACE_S = 5.0
 PROGRESS_EVERY_S = 15.0
 PORT_SEARCH_SPAN = 50
-HEALTH_PROBE_LINE = re.compile(r'"GET /healthz? HTTP')
+_Child = TypeVar("_Child", bound=ChildProcess)
 
 
 class DemoError(Exception):
@@ -170,119 +175,24 @@ def pick_port(wanted: int, what: str, taken: set[int]) -> int:
     )
 
 
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@dataclass
-class ChildProcess:
-    """One server the demo started, in a process group of its own so it can be stopped whole."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    started_at: float = field(default_factory=time.monotonic)
-
-    @classmethod
-    def start(
-        cls, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
-    ) -> ChildProcess:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=REPO_ROOT,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Ctrl-C reaches only the demo; it then stops each group, grandchildren included.
-                start_new_session=True,
-            )
-        return cls(name=name, popen=popen, log_path=log_path)
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.popen.poll()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started_at
-
-    def log_tail(self, lines: int = 25) -> str:
-        """The log's last lines, without the access lines of the demo's own health checks."""
-        try:
-            with self.log_path.open(encoding="utf-8", errors="replace") as log:
-                kept = (line for line in log if not HEALTH_PROBE_LINE.search(line))
-                return "".join(deque(kept, maxlen=lines)).rstrip()
-        except OSError:
-            return "(no log)"
-
-    def report(self, headline: str) -> str:
-        tail = "\n".join(f"    {line}" for line in self.log_tail().splitlines())
-        return f"{headline}. Last lines of {display_path(self.log_path)}:\n{tail}"
-
-    def crash_report(self) -> str:
-        return self.report(f"{self.name} exited with code {self.exit_code}")
-
-
-def display_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def stop_children(
     children: Sequence[ChildProcess], meanwhile: Callable[[], None] = lambda: None
 ) -> None:
     """Stop every child's process tree: SIGTERM, then SIGINT, then SIGKILL what is left.
 
-    Processes are listed before any signal, so a grandchild that moved to its own group (or
-    whose parent exits first) is still found and stopped. `meanwhile` runs after the first
-    signal, so other shutdowns overlap with these.
+    A server waiting for open connections (a browser tab keeps one) stops waiting on a second
+    interrupt, as uvicorn does. `meanwhile` runs after the first signal.
     """
-    tree = [proc for child in children for proc in process_tree(child.popen.pid)]
-    hurry_at = time.monotonic() + HURRY_AFTER_S
-    _signal_all(children, tree, signal.SIGTERM)
-    meanwhile()
-    _gone, alive = psutil.wait_procs(tree, timeout=max(0.0, hurry_at - time.monotonic()))
-    if alive:
-        # A server waiting for open connections (a browser tab keeps one) stops waiting on a
-        # second interrupt, as uvicorn does.
-        _signal_all(children, alive, signal.SIGINT)
-        _gone, alive = psutil.wait_procs(alive, timeout=STOP_GRACE_S)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            say(f"process {proc.pid} ({proc.name()}) did not stop; killing it")
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.popen.pid, signal.SIGKILL)
-        child.popen.wait()
+    stop_all(
+        children,
+        steps=((signal.SIGTERM, HURRY_AFTER_S), (signal.SIGINT, STOP_GRACE_S)),
+        meanwhile=meanwhile,
+        on_kill=_say_killing,
+    )
 
 
-def _signal_all(
-    children: Sequence[ChildProcess], procs: Sequence[psutil.Process], sig: signal.Signals
-) -> None:
-    for child in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.popen.pid, sig)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(sig)
+def _say_killing(proc: psutil.Process) -> None:
+    say(f"process {proc.pid} ({proc.name()}) did not stop; killing it")
 
 
 class Demo:
@@ -340,7 +250,7 @@ class Demo:
 
         # Slow starts overlap: the chat app imports Gradio and the model builds while the
         # emulator's JVM boots; the inference app needs the model, so it starts last.
-        chat = self._start(
+        chat = self._start_server(
             "chat app",
             [sys.executable, "-m", "app.chat"],
             {
@@ -354,22 +264,26 @@ class Demo:
                 **self._notice(why_no_gemini),
             },
             "chat.log",
+            port=chat_port,
+            health_path="/healthz",
         )
         model_build = None if settings.model_uri else self._start_offline_model_build()
         self._start_firestore(firestore_port, project)
         model_uri = settings.model_uri or str(self._finish_offline_model(model_build))
-        inference = self._start(
+        inference = self._start_server(
             "inference app",
             [sys.executable, "-m", "app.inference"],
             self._inference_env(model_uri, inference_port),
             "inference.log",
+            port=inference_port,
+            health_path="/health",
         )
         say(f"inference app is loading {settings.model_uri or 'the offline demo model'}")
         model_timeout = (
             REAL_MODEL_READY_TIMEOUT_S if settings.model_uri else OFFLINE_MODEL_READY_TIMEOUT_S
         )
-        self._wait_healthy(inference, f"http://{HOST}:{inference_port}/health", model_timeout)
-        self._wait_healthy(chat, f"http://{HOST}:{chat_port}/healthz", CHAT_READY_TIMEOUT_S)
+        self._wait_healthy(inference, model_timeout)
+        self._wait_healthy(chat, CHAT_READY_TIMEOUT_S)
 
         url = f"http://{HOST}:{chat_port}"
         say(f"\n  Open {url} in your browser. Ctrl-C stops the demo.\n", prefix="")
@@ -397,10 +311,33 @@ class Demo:
         self, name: str, argv: Sequence[str], extra_env: Mapping[str, str], log_name: str
     ) -> ChildProcess:
         child = ChildProcess.start(
-            name, argv, {**os.environ, **extra_env}, self.settings.logs_dir / log_name
+            name, argv, env=extra_env, log_path=self.settings.logs_dir / log_name
         )
+        return self._started(child)
+
+    def _start_server(
+        self,
+        name: str,
+        argv: Sequence[str],
+        extra_env: Mapping[str, str],
+        log_name: str,
+        *,
+        port: int,
+        health_path: str,
+    ) -> ServerProcess:
+        server = start_server(
+            name,
+            argv,
+            port=port,
+            health_path=health_path,
+            env=extra_env,
+            log_path=self.settings.logs_dir / log_name,
+        )
+        return self._started(server)
+
+    def _started(self, child: _Child) -> _Child:
         self.children.append(child)
-        say(f"started {name} (pid {child.popen.pid}, log {display_path(child.log_path)})")
+        say(f"started {child.name} (pid {child.pid}, log {display_path(child.log_path)})")
         return child
 
     def _start_firestore(self, port: int, project: str) -> None:
@@ -427,7 +364,7 @@ class Demo:
         say(f"building the offline demo model (random weights) in {display_path(target)}")
         return self._start(
             "model build",
-            [sys.executable, "-m", "app.inference.tiny_model", str(partial)],
+            [sys.executable, "-m", "devtools.tiny_model", str(partial)],
             {},
             "model-build.log",
         )
@@ -489,9 +426,9 @@ class Demo:
 
     # -- waiting -------------------------------------------------------------------------------
 
-    def _wait_healthy(self, child: ChildProcess, url: str, timeout: float) -> None:
-        self._wait_for(child, lambda: http_ok(url), timeout, watch=self.children)
-        say(f"{child.name} is ready ({child.elapsed():.1f} s)")
+    def _wait_healthy(self, server: ServerProcess, timeout: float) -> None:
+        self._wait_for(server, server.healthy, timeout, watch=self.children)
+        say(f"{server.name} is ready ({server.elapsed():.1f} s)")
 
     def _wait_for(
         self,
@@ -501,21 +438,22 @@ class Demo:
         watch: Sequence[ChildProcess],
     ) -> None:
         """Wait until `done()`, failing fast when a watched process exits or time runs out."""
-        started = time.monotonic()
-        next_note = started + PROGRESS_EVERY_S
-        while not done():
-            for watched in watch:
-                if watched.exit_code is not None:
-                    raise DemoError(watched.crash_report())
-            now = time.monotonic()
-            if now - started > timeout:
-                raise DemoError(child.report(f"{child.name} was not ready after {timeout:.0f} s"))
-            if now >= next_note:
-                # The log's last line says what it is doing: downloading, loading, warming up.
-                last = child.log_tail(1).strip()[:120]
-                say(f"still waiting for {child.name} ({now - started:.0f} s): {last}")
-                next_note = now + PROGRESS_EVERY_S
-            time.sleep(0.25)
+
+        def note(seconds: float) -> None:
+            # The log's last line says what it is doing: downloading, loading, warming up.
+            last = child.log_tail(1).strip()[:120]
+            say(f"still waiting for {child.name} ({seconds:.0f} s): {last}")
+
+        try:
+            child.wait_until(
+                done,
+                deadline_s=timeout,
+                watch=watch,
+                progress=note,
+                progress_every_s=PROGRESS_EVERY_S,
+            )
+        except (ProcessExitedError, NotReadyError) as err:
+            raise DemoError(str(err)) from err
 
     def _raise_if_crashed(self) -> None:
         for child in self.children:

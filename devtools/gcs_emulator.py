@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from devtools.ports import free_port
+from devtools.processes import (
+    READY_DEADLINE_S,
+    NotReadyError,
+    ProcessExitedError,
+    ServerProcess,
+    start_server,
+)
 
 # gcsfs's extended filesystem probes each bucket's layout over gRPC first, which an emulator
 # cannot answer; this switch makes ``import gcsfs`` use the plain JSON-API filesystem.
@@ -28,19 +31,20 @@ CLIENT_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 class GcsEmulator:
     """A gcp-storage-emulator process on a free 127.0.0.1 port, kept in memory."""
 
-    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int) -> None:
-        self.process = process
-        self.host = host
-        self.port = port
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.host = server.host
+        self.port = server.port
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.server.url
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1", timeout_s: float = 30.0) -> GcsEmulator:
+    def start(cls, host: str = "127.0.0.1", timeout_s: float = READY_DEADLINE_S) -> GcsEmulator:
         port = free_port(host)
-        process = subprocess.Popen(
+        server = start_server(
+            "gcp-storage-emulator",
             [
                 sys.executable,
                 "-m",
@@ -51,21 +55,16 @@ class GcsEmulator:
                 "--in-memory",
                 "--quiet",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            port=port,
+            host=host,
+            health_path="/storage/v1/b",
         )
-        emulator = cls(process, host, port)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"gcp-storage-emulator exited with code {process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{emulator.endpoint}/storage/v1/b", timeout=1):  # noqa: S310
-                    return emulator
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        emulator.stop()
-        raise RuntimeError(f"gcp-storage-emulator did not answer on {emulator.endpoint}")
+        try:
+            server.wait_ready(timeout_s)
+        except (ProcessExitedError, NotReadyError):
+            server.stop()
+            raise
+        return cls(server)
 
     def env(self) -> dict[str, str]:
         """Environment for processes that should talk to this emulator."""
@@ -94,13 +93,7 @@ class GcsEmulator:
         return f"gs://{bucket_and_prefix}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.server.stop(grace_s=10.0)
 
     def __enter__(self) -> Self:
         return self
@@ -122,7 +115,7 @@ def main() -> None:
         for key, value in gcs.env().items():
             print(f"export {key}={value}")
         with contextlib.suppress(KeyboardInterrupt):
-            gcs.process.wait()
+            gcs.server.popen.wait()
 
 
 if __name__ == "__main__":

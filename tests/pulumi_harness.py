@@ -11,6 +11,8 @@ Usage from any test::
     exc, registered = run_program_error(overrides={...})  # a config that must fail
     run = run_program(quotas={"*": 0})                    # Cloud Quotas invokes answer 0
     run = run_snippet("from components.x import X\n...", tmp_path)  # one component alone
+    run = render(lambda: X("x", args))                    # test code as the whole program
+    spec = pod_spec(run.one("kubernetes:apps/v1:Deployment"))
 
 Each RecordedResource has `type`, `name`, `urn`, `inputs`, `outputs` (what the mocks
 returned), `parent`, `dependencies`, `property_dependencies`, `provider` and `options`
@@ -35,6 +37,7 @@ runs the program in a child interpreter instead and sends the results back, and
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -42,18 +45,15 @@ import pickle
 import runpy
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import tempfile
+import types
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime import config as runtime_config
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.mocks import MockMonitor
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "gemma-stack"
@@ -380,53 +380,103 @@ class _LogCapture(logging.Handler):
         self.records.append((record.levelname, record.getMessage()))
 
 
-def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]) -> Any:
+def _recorded(
+    request: Any, urn: str, inputs: Any, state: Mapping[str, Any] | None
+) -> RecordedResource:
+    """A RecordedResource from one RegisterResource request (the engine's protobuf message)."""
+    secret_paths: set[str] = set()
+    plain = _jsonable(inputs, "", secret_paths)
+    timeouts = request.customTimeouts
+    return RecordedResource(
+        type=request.type,
+        name=request.name,
+        urn=urn,
+        custom=bool(request.custom),
+        inputs=plain,
+        outputs=dict(state or {}),
+        parent=request.parent,
+        dependencies=set(request.dependencies),
+        property_dependencies={k: set(v.urns) for k, v in request.propertyDependencies.items()},
+        provider=request.provider,
+        options={
+            "protect": request.protect if request.HasField("protect") else None,
+            "deleteBeforeReplace": request.deleteBeforeReplace,
+            "ignoreChanges": list(request.ignoreChanges),
+            "replaceOnChanges": list(request.replaceOnChanges),
+            "additionalSecretOutputs": list(request.additionalSecretOutputs),
+            "retainOnDelete": (
+                request.retainOnDelete if request.HasField("retainOnDelete") else None
+            ),
+            "customTimeouts": {
+                "create": timeouts.create,
+                "update": timeouts.update,
+                "delete": timeouts.delete,
+            },
+            "aliases": [str(a) for a in request.aliases],
+            "version": request.version,
+        },
+        secret_paths=secret_paths,
+    )
+
+
+def _run_with_pulumi_internals(
+    program: Path,
+    config: dict[str, str],
+    secret_keys: list[str],
+    mocks: _RecordingMocks,
+    *,
+    stack: str,
+    logger: logging.Logger,
+    on_register: Callable[[Any, Any, Mapping[str, Any] | None, str], None],
+) -> dict[str, tuple[Any, bool]]:
+    """Run `program` under `mocks` with a fresh Pulumi runtime; return its exports.
+
+    This is the only code that touches Pulumi's private runtime (checked against the Pulumi
+    Python SDK 3.272.0): `pulumi.runtime.set_mocks` alone keeps the root stack, config and
+    outputs of an earlier run in the same process, and has no hook that sees each
+    registration's options. `on_register(request, inputs, state, urn)` gets the engine's
+    RegisterResource message, its deserialized inputs, the mock's outputs and the URN.
+    Exports map to (value, is_secret). An error the program raises propagates.
+    """
+    from pulumi.runtime import config as runtime_config  # noqa: PLC0415
+    from pulumi.runtime import rpc, settings  # noqa: PLC0415
+    from pulumi.runtime.mocks import MockMonitor  # noqa: PLC0415
+    from pulumi.runtime.stack import run_pulumi_func  # noqa: PLC0415
+    from pulumi.runtime.sync_await import _sync_await  # noqa: PLC0415
+
     class RecordingMonitor(MockMonitor):  # type: ignore[misc]
         def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
             response = super().RegisterResource(request)
-            if request.type == "pulumi:pulumi:Stack":
-                return response
-            secret_paths: set[str] = set()
-            inputs = _jsonable(rpc.deserialize_properties(request.object), "", secret_paths)
-            registration = self.resources.get(response.urn)
-            timeouts = request.customTimeouts
-            recorded.append(
-                RecordedResource(
-                    type=request.type,
-                    name=request.name,
-                    urn=response.urn,
-                    custom=bool(request.custom),
-                    inputs=inputs,
-                    outputs=dict(registration.state) if registration else {},
-                    parent=request.parent,
-                    dependencies=set(request.dependencies),
-                    property_dependencies={
-                        k: set(v.urns) for k, v in request.propertyDependencies.items()
-                    },
-                    provider=request.provider,
-                    options={
-                        "protect": request.protect if request.HasField("protect") else None,
-                        "deleteBeforeReplace": request.deleteBeforeReplace,
-                        "ignoreChanges": list(request.ignoreChanges),
-                        "replaceOnChanges": list(request.replaceOnChanges),
-                        "additionalSecretOutputs": list(request.additionalSecretOutputs),
-                        "retainOnDelete": (
-                            request.retainOnDelete if request.HasField("retainOnDelete") else None
-                        ),
-                        "customTimeouts": {
-                            "create": timeouts.create,
-                            "update": timeouts.update,
-                            "delete": timeouts.delete,
-                        },
-                        "aliases": [str(a) for a in request.aliases],
-                        "version": request.version,
-                    },
-                    secret_paths=secret_paths,
+            if request.type != "pulumi:pulumi:Stack":
+                registration = self.resources.get(response.urn)
+                inputs = rpc.deserialize_properties(request.object)
+                on_register(
+                    request, inputs, registration.state if registration else None, response.urn
                 )
-            )
             return response
 
-    return RecordingMonitor(mocks)
+    # The runtime is process-global: start every run from a clean root stack and config.
+    settings.ROOT.set(None)
+    runtime_config.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(
+        mocks,  # type: ignore[arg-type]
+        project=PROJECT,
+        stack=stack,
+        preview=False,
+        logger=logger,
+        monitor=RecordingMonitor(mocks),
+    )
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+
+    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__")))
+
+    exported: dict[str, tuple[Any, bool]] = {}
+    root = settings.get_root_resource()
+    for key, value in dict(getattr(root, "outputs", {})).items():
+        output = pulumi.Output.from_input(value)
+        exported[key] = (_sync_await(output.future()), bool(_sync_await(output.is_secret())))
+    return exported
 
 
 # --------------------------------------------------------------------------- running
@@ -464,44 +514,25 @@ def _run_in_process(
     capture = _LogCapture()
     logger.addHandler(capture)
 
-    # The runtime is process-global: start every run from a clean root stack and config.
-    settings.ROOT.set(None)
-    runtime_config.set_all_config(config, secret_keys)
-    pulumi.runtime.set_mocks(
-        mocks,  # type: ignore[arg-type]
-        project=PROJECT,
-        stack=stack,
-        preview=False,
-        logger=logger,
-        monitor=_make_monitor(mocks, recorded),
-    )
-    settings.SETTINGS.rpc_manager.clear()
-    settings.SETTINGS.outputs.clear()
+    def record(request: Any, inputs: Any, state: Mapping[str, Any] | None, urn: str) -> None:
+        recorded.append(_recorded(request, urn, inputs, state))
 
     cwd = Path.cwd()
     os.chdir(program.parent)  # Pulumi runs the program from the project directory.
     sys.path.insert(0, str(program.parent))
-    error: BaseException | None = None
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__")))
+        exports = _run_with_pulumi_internals(
+            program, config, secret_keys, mocks, stack=stack, logger=logger, on_register=record
+        )
     except Exception as exc:
-        error = exc
+        return None, exc, recorded
     finally:
         os.chdir(cwd)
         sys.path.remove(str(program.parent))
         logger.removeHandler(capture)
 
-    if error is not None:
-        return None, error, recorded
-
-    root = settings.get_root_resource()
-    exported: dict[str, Any] = {}
-    secret_outputs: set[str] = set()
-    for key, value in dict(getattr(root, "outputs", {})).items():
-        output = pulumi.Output.from_input(value)
-        exported[key] = _jsonable(_sync_await(output.future()), key, set())
-        if _sync_await(output.is_secret()):
-            secret_outputs.add(key)
+    exported = {key: _jsonable(value, key, set()) for key, (value, _) in exports.items()}
+    secret_outputs = {key for key, (_, secret) in exports.items() if secret}
     run = ProgramRun(
         resources=recorded,
         outputs=exported,
@@ -631,6 +662,51 @@ def run_snippet_error(code: str, folder: Path) -> tuple[BaseException, list[Reco
     if error is None:
         raise AssertionError("the program ran without error")
     return error, recorded
+
+
+_BUILD_MODULE = "_pulumi_harness_build"
+
+
+@functools.cache
+def _build_program() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="pulumi-harness-"))
+    (folder / "__main__.py").write_text(f"import {_BUILD_MODULE}\n\n{_BUILD_MODULE}.build()\n")
+    return folder / "__main__.py"
+
+
+def render(build: Callable[[], None], *, project: str = "my-gcp-project") -> ProgramRun:
+    """Run `build` (code that creates components and exports) as a whole Pulumi program.
+
+    The config holds only `gcp:project`; no hfToken is set. Unlike run_snippet, `build` is
+    ordinary test code, so it can close over the test's values.
+    """
+    module = types.ModuleType(_BUILD_MODULE)
+    module.__dict__["build"] = build
+    sys.modules[_BUILD_MODULE] = module
+    try:
+        return run_program({"gcp:project": project}, hf_token=None, program=_build_program())
+    finally:
+        del sys.modules[_BUILD_MODULE]
+
+
+def pod_spec(workload: RecordedResource) -> dict[str, Any]:
+    """The pod spec of a recorded Deployment (spec.template.spec)."""
+    spec: dict[str, Any] = workload.inputs["spec"]["template"]["spec"]
+    return spec
+
+
+def schema_failures(manifests: Iterable[Mapping[str, Any]], minor: str) -> list[str]:
+    """Each manifest the Kubernetes `minor` OpenAPI schema rejects (strict: no unknown field)."""
+    import kubernetes_validate  # noqa: PLC0415 - only the schema tests need it
+
+    failures = []
+    for manifest in manifests:
+        try:
+            kubernetes_validate.validate(dict(manifest), minor, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            name = f"{manifest['kind']}/{manifest['metadata'].get('name')}"
+            failures.append(f"{name}: {err.message} at {list(err.path)}")
+    return failures
 
 
 _REDACTED = "<redacted>"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,15 @@ import pytest
 
 from devtools.firestore_emulator import FirestoreEmulator
 from devtools.ports import free_port
+from devtools.processes import ChildProcess, ServerProcess
 from tests.chat.misbehaving_backend import MisbehavingBackend
 from tests.chat.stack import (
     DATABASE,
     REPLY,
     USERS,
-    ServerProcess,
     Stack,
     image_layout,
-    start_process,
+    start_app,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +34,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("chat-stack")
     model_dir = work / "tiny"
-    model_build = subprocess.Popen(
-        [sys.executable, "-m", "app.inference.tiny_model", str(model_dir), "--reply", REPLY],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "tiny_model.log").open("wb"),
+    model_build = ChildProcess.start(
+        "model build",
+        [sys.executable, "-m", "devtools.tiny_model", str(model_dir), "--reply", REPLY],
+        env={"PYTHONPATH": str(ROOT)},
+        log_path=work / "tiny_model.log",
     )
     firestore = FirestoreEmulator()
     misbehaving = MisbehavingBackend().start()
@@ -74,7 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "GCE_METADATA_HOST": f"127.0.0.1:{free_port()}",
             "GCE_METADATA_IP": f"127.0.0.1:{free_port()}",
         }
-        result.processes[f"chat-{mode}"] = start_process(
+        result.processes[f"chat-{mode}"] = start_app(
             f"chat-{mode}",
             [sys.executable, "-m", "app.chat"],
             env,
@@ -91,8 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for process in result.processes.values():
             process.stop()
-        if model_build.poll() is None:
-            model_build.kill()
+        model_build.stop()
         misbehaving.stop()
         firestore.stop()
         for key, value in previous.items():

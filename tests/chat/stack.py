@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devtools.firestore_emulator import FirestoreEmulator
 from devtools.ports import free_port
+from devtools.processes import ChildProcess, ServerProcess, start_server
 from tests.chat.misbehaving_backend import MisbehavingBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 
 DATABASE = "chat-app-db"
-# The tiny model is scripted to say this (its tokens must not repeat; see tiny_model.py).
+# The tiny model is scripted to say this (its tokens must not repeat; see devtools/tiny_model.py).
 REPLY = (
     "Hello! Gemma is a family of lightweight open models from Google: GKE Autopilot runs "
     "pods on NVIDIA L4 GPUs."
@@ -37,49 +32,7 @@ ECHO = "Echo (OpenAI API)"
 GEMINI_ECHO = "Echo (Gemini API)"
 
 
-@dataclass
-class ServerProcess:
-    """A server started as a child process in its own process group, logging to a file."""
-
-    name: str
-    url: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    health_path: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    def wait_ready(self, timeout_s: float = 180.0) -> ServerProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + self.health_path, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready in {timeout_s:g} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + self.health_path, timeout=5) as response:
-            return dict(json.loads(response.read()))
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-
-
-def start_process(
+def start_app(
     name: str,
     args: list[str],
     env: dict[str, str],
@@ -89,19 +42,16 @@ def start_process(
     health: str,
     root: Path = ROOT,
 ) -> ServerProcess:
-    log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONPATH": str(root), **env}
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            args,
-            env=full_env,
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return ServerProcess(name, f"http://127.0.0.1:{port}", popen, log_path, health, env)
+    """One of the apps, run from `root` (the repo, or a copy laid out as its image)."""
+    return start_server(
+        name,
+        args,
+        port=port,
+        health_path=health,
+        env={"PYTHONPATH": str(root), **env},
+        log_path=log_dir / f"{name}.log",
+        cwd=root,
+    )
 
 
 @dataclass
@@ -111,7 +61,7 @@ class Stack:
     firestore: FirestoreEmulator
     misbehaving: MisbehavingBackend
     log_dir: Path
-    model_build: subprocess.Popen[bytes]
+    model_build: ChildProcess
     model_dir: Path
     inference_port: int
     chat_ports: dict[str, int]
@@ -143,9 +93,9 @@ class Stack:
 
     def inference(self) -> ServerProcess:
         if "inference" not in self.processes:
-            if self.model_build.wait(timeout=300) != 0:
-                raise RuntimeError("building the tiny model failed")
-            self.processes["inference"] = start_process(
+            if self.model_build.finish() != 0:
+                raise RuntimeError(self.model_build.crash_report())
+            self.processes["inference"] = start_app(
                 "inference",
                 [sys.executable, "-m", "app.inference"],
                 {

@@ -20,6 +20,7 @@ from gradio_client.exceptions import AppError
 
 from app.chat.history import ChatHistory, StoredMessage
 from bench.chat_bench import ChatAppSession
+from devtools.processes import ServerProcess
 from tests.chat.stack import (
     DATABASE,
     DOWN,
@@ -32,7 +33,6 @@ from tests.chat.stack import (
     REPLY,
     USERS,
     VERTEX,
-    ServerProcess,
     Stack,
     firestore_client,
 )
@@ -84,7 +84,7 @@ def messages_of(session_id: str) -> list[dict[str, Any]]:
 
 
 def test_health_route_answers_for_probes(chat_app: ServerProcess) -> None:
-    assert chat_app.health()["status"] == "ok"
+    assert chat_app.health()[1]["status"] == "ok"
 
 
 def test_a_message_streams_lands_in_firestore_and_restores(chat_app: ServerProcess) -> None:
@@ -267,10 +267,10 @@ def test_a_firestore_outage_loses_nothing(stack: Stack, chat_app: ServerProcess)
     try:
         _, final = send(client, "written while Firestore is down", GEMMA, browser)
         assert text_of(final[-1]) == REPLY  # the chat keeps working
-        assert wait_for(lambda: chat_app.health()["pending_writes"] == 2, 5)
+        assert wait_for(lambda: chat_app.health()[1]["pending_writes"] == 2, 5)
     finally:
         stack.firestore.start()  # same port: the app's client reconnects on its own
-    assert wait_for(lambda: chat_app.health()["pending_writes"] == 0, 60)
+    assert wait_for(lambda: chat_app.health()[1]["pending_writes"] == 0, 60)
     session = sessions_of(f"browser:{browser}")[0]
     assert [m["content"] for m in messages_of(session.id)] == [
         "written while Firestore is down",

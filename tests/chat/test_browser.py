@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.chat.stack import GEMINI_API, REPLY, ROOT, ServerProcess
+from devtools.processes import ServerProcess
+from tests.chat.stack import GEMINI_API, REPLY, ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "chat-screenshot.png"

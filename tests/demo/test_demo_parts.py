@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devtools import demo
-from devtools.demo import ChildProcess, Demo, DemoError, DemoSettings
+from devtools.demo import Demo, DemoError, DemoSettings
+from devtools.processes import ChildProcess
 
 
 def _settings(tmp_path: Path, model_uri: str | None = None) -> DemoSettings:
@@ -228,7 +229,7 @@ with open({str(pids_file)!r}, "w") as out:
 time.sleep(600)
 """
     child = ChildProcess.start(
-        "server", [sys.executable, "-c", script], {}, tmp_path / "server.log"
+        "server", [sys.executable, "-c", script], log_path=tmp_path / "server.log"
     )
     deadline = time.monotonic() + 20
     while not pids_file.exists() or not pids_file.read_text():

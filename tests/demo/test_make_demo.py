@@ -9,8 +9,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -21,66 +19,43 @@ from google.cloud import firestore
 from gradio_client import Client
 
 from devtools.ports import free_port
+from devtools.processes import ChildProcess, process_tree
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = re.compile(r"Open (http://127\.0\.0\.1:\d+) in your browser")
 URL_TIMEOUT_S = 150
 OFFLINE_LABEL = "Offline demo model (random weights)"
 
 
 class RunningDemo:
-    """`make demo` in its own process group, with its output collected line by line."""
+    """`make demo` in its own process group, its output collected in a log file."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.url_seen = threading.Event()
-        self.url = ""
-        self.process = subprocess.Popen(
-            ["make", "--no-print-directory", "demo"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # Like a terminal: Ctrl-C goes to make and the demo, which are one group.
-            start_new_session=True,
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        # Like a terminal: Ctrl-C goes to make and the demo, which are one group.
+        self.child = ChildProcess.start(
+            "make demo", ["make", "--no-print-directory", "demo"], base_env=env, log_path=log_path
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if (match := URL_LINE.search(line)) and not self.url_seen.is_set():
-                self.url = match.group(1)
-                self.url_seen.set()
+        self.process = self.child.popen
 
     @property
     def output(self) -> str:
-        return "\n".join(self.lines)
+        return self.child.output()
 
     def wait_for_url(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while not self.url_seen.wait(0.5):
-            assert self.process.poll() is None, f"make demo exited early:\n{self.output}"
-            assert time.monotonic() < deadline, f"no URL after {timeout} s:\n{self.output}"
-        return self.url
+        self.child.wait_until(lambda: URL_LINE.search(self.output), deadline_s=timeout)
+        match = URL_LINE.search(self.output)
+        assert match, self.output
+        return match.group(1)
 
     def processes(self) -> list[psutil.Process]:
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
+        return process_tree(self.process.pid)
 
     def interrupt(self) -> None:
-        os.killpg(self.process.pid, signal.SIGINT)
+        self.child.signal_group(signal.SIGINT)
         self.process.wait(timeout=60)
-        self._reader.join(timeout=10)
 
     def kill_everything(self, known: list[psutil.Process]) -> None:
         """Last resort after a failure, so a broken demo never outlives its test."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self.child.signal_group(signal.SIGKILL)
         for proc in known:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
@@ -122,9 +97,9 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_make_demo_answers_stores_and_stops_clean(
-    demo_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    demo_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    demo = RunningDemo(demo_env)
+    demo = RunningDemo(demo_env, tmp_path / "make-demo.log")
     procs: list[psutil.Process] = []
     try:
         url = demo.wait_for_url(URL_TIMEOUT_S)

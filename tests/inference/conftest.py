@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from app.inference.tiny_model import build_tiny_gemma3
 from devtools.gcs_emulator import GcsEmulator
-from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess, start_server
+from devtools.processes import ServerProcess
+from devtools.tiny_model import build_tiny_gemma3
+from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, start_inference
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def gs_server(
 ) -> Iterator[ServerProcess]:
     """The scripted model served from gs:// through the emulator, behind an API key."""
     uri = gcs.upload_folder(scripted_model_dir, "gs://models/gemma-sql")
-    server = start_server(
+    with start_inference(
         {
             "MODEL_URI": uri,
             "API_KEY": API_KEY,
@@ -43,9 +44,5 @@ def gs_server(
             **gcs.env(),
         },
         tmp_path_factory.mktemp("gs-server"),
-    )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    ) as server:
+        yield server.wait_ready()

@@ -9,7 +9,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess
+from devtools.processes import ServerProcess
+from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY
 
 MODEL = "gemma-sql"  # SERVED_MODEL_NAME defaults to the folder name
 

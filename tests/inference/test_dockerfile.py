@@ -64,3 +64,15 @@ def test_torch_is_built_for_the_cuda_the_stack_checks_against_cloud_runs_driver(
     (install,) = [arg for op, arg in steps if op == "RUN" and "torch==" in arg]
     assert "/whl/${TORCH_CUDA}" in install
     assert CLOUD_RUN_L4_DRIVER.runs(INFERENCE_IMAGE_CUDA)
+
+
+def test_the_build_context_carries_no_test_code() -> None:
+    # `COPY . /srv/app/inference/` ships every file here, so test and tool code must live elsewhere.
+    modules = {path.relative_to(APP).as_posix(): path.read_text() for path in APP.rglob("*.py")}
+    assert "__main__.py" in modules  # the walk sees the app itself
+    for name, source in modules.items():
+        assert not re.search(r"tiny_model|test_|_test\.py|conftest", name), name
+        imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", source, flags=re.MULTILINE)
+        foreign = [m for m in imports if m.split(".")[0] in {"tests", "devtools", "bench"}]
+        assert foreign == [], f"{name} imports {foreign}"
+        assert "build_tiny_gemma3" not in source, name

@@ -21,7 +21,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.inference.inference_fixtures import API_KEY, ServerProcess, start_server
+from devtools.processes import ServerProcess
+from tests.inference.inference_fixtures import API_KEY, start_inference
 
 EXAMPLES_DIR = Path(__file__).parent / "fuzz-examples"
 EXPLORING = os.environ.get("HYPOTHESIS_PROFILE") == "explore"
@@ -43,15 +44,11 @@ def fuzz_server(
     scripted_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     # A short context keeps every generated request fast, whatever max_tokens it asks for.
-    server = start_server(
+    with start_inference(
         {"MODEL_URI": str(scripted_model_dir), "API_KEY": API_KEY, "MAX_MODEL_LEN": "96"},
         tmp_path_factory.mktemp("fuzz"),
-    )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    ) as server:
+        yield server.wait_ready()
 
 
 def test_no_input_makes_a_server_error(fuzz_server: ServerProcess) -> None:

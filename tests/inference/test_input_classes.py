@@ -19,7 +19,8 @@ import torch
 
 from app.inference.engine import GREEDY_BELOW, SamplingParams
 from app.inference.transformers_engine import TransformersEngine
-from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, ServerProcess, start_server
+from devtools.processes import ServerProcess
+from tests.inference.inference_fixtures import API_KEY, SCRIPTED_REPLY, start_inference
 
 MODEL = "gemma-sql"
 SURROGATE = "\ud800"
@@ -35,15 +36,11 @@ GEMINI_STREAM = f"/v1beta/models/{MODEL}:streamGenerateContent"
 def server(
     scripted_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    process = start_server(
+    with start_inference(
         {"MODEL_URI": str(scripted_model_dir), "API_KEY": API_KEY},
         tmp_path_factory.mktemp("input-classes"),
-    )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
+    ) as process:
+        yield process.wait_ready()
 
 
 @pytest.fixture(scope="module")

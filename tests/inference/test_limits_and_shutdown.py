@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.inference.inference_fixtures import ServerProcess, start_server
+from devtools.processes import ServerProcess
+from tests.inference.inference_fixtures import start_inference
 
 CHAT = "/v1/chat/completions"
 
@@ -33,15 +34,11 @@ def _long_chat(max_tokens: int, stream: bool = False) -> dict[str, object]:
 def small_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    server = start_server(
+    with start_inference(
         {"MODEL_URI": str(tiny_model_dir), "MAX_CONCURRENCY": "1", "MAX_QUEUE": "1"},
         tmp_path_factory.mktemp("small"),
-    )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    ) as server:
+        yield server.wait_ready()
 
 
 def test_overload_gets_429_and_admitted_requests_finish(small_server: ServerProcess) -> None:
@@ -92,7 +89,7 @@ def test_a_huge_prompt_does_not_stall_the_server(small_server: ServerProcess) ->
 
 
 def test_sigterm_lets_the_stream_in_flight_finish(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = start_server({"MODEL_URI": str(tiny_model_dir)}, tmp_path)
+    server = start_inference({"MODEL_URI": str(tiny_model_dir)}, tmp_path)
     try:
         server.wait_ready()
         events: list[str] = []
@@ -106,7 +103,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_model_dir: Path, tmp_path
                 if len(events) == 3:
                     break
             terminated = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
+            server.popen.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(httpx.ConnectError):
                 httpx.get(server.url + "/health", timeout=2)  # no new requests
@@ -114,7 +111,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_model_dir: Path, tmp_path
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["usage"]["completion_tokens"] == 100  # all of it
         assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
-        assert server.process.wait(timeout=10) == 0
+        assert server.popen.wait(timeout=10) == 0
         assert time.monotonic() - terminated < 10
     finally:
         server.stop()

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
-import types
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -24,7 +20,7 @@ from components.cloud_run_gpu_service import (
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from stacks.backends import cloud_run_backend, gke_backend
-from tests.pulumi_harness import ProgramRun, run_program
+from tests.pulumi_harness import ProgramRun, render
 
 PROJECT = "my-gcp-project"
 INVOKER_EMAIL = f"chat-invoker-dev@{PROJECT}.iam.gserviceaccount.com"
@@ -35,14 +31,6 @@ PRINCIPAL = (
 LOGIN = "ana:correct-horse-battery,ben:staple-42"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
-_PROGRAM = Path(tempfile.mkdtemp(prefix="serving-chat-")) / "__main__.py"
-_PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
-
-
-def render(build: Callable[[], None]) -> ProgramRun:
-    """Run `build` as a whole Pulumi program under the shared recording mocks."""
-    sys.modules["serving_case"] = types.SimpleNamespace(build=build)
-    return run_program({"gcp:project": PROJECT}, hf_token=None, program=_PROGRAM)
 
 
 def all_backends(provider: kubernetes.Provider) -> list[ChatBackend]:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import tempfile
-import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -25,7 +21,7 @@ from components.cloud_run_gpu_service import (
     vllm_gemma,
 )
 from components.iam_wait import IAM_PROPAGATION
-from tests.pulumi_harness import ProgramRun, run_program
+from tests.pulumi_harness import ProgramRun, render
 
 PROJECT = "my-gcp-project"
 CHAT = "serviceAccount:chat-invoker-dev@my-gcp-project.iam.gserviceaccount.com"
@@ -36,14 +32,6 @@ SERVICE = "gcp:cloudrunv2/service:Service"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 INVOKER = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
 SLEEP = "time:index/sleep:Sleep"
-_PROGRAM = Path(tempfile.mkdtemp(prefix="serving-run-")) / "__main__.py"
-_PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
-
-
-def render(build: Callable[[], None]) -> ProgramRun:
-    """Run `build` as a whole Pulumi program under the shared recording mocks."""
-    sys.modules["serving_case"] = types.SimpleNamespace(build=build)
-    return run_program({"gcp:project": PROJECT}, hf_token=None, program=_PROGRAM)
 
 
 def flavour_args(flavour: str, **overrides: Any) -> CloudRunGpuServiceArgs:

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
-import types
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -16,21 +11,13 @@ import pytest
 
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from stacks.gemma_sizing import GEMMA_SIZING, GemmaSizing
-from tests.pulumi_harness import ProgramRun, RecordedResource, run_program
+from tests.pulumi_harness import ProgramRun, RecordedResource, pod_spec, render
 
 TOKEN = "hf_SERVINGtestTOKENvalue0123456789"
 PRINCIPAL = (
     "principal://iam.googleapis.com/projects/123456789012/locations/global/"
     "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/gemma-stack/sa/gemma"
 )
-_PROGRAM = Path(tempfile.mkdtemp(prefix="serving-gke-")) / "__main__.py"
-_PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
-
-
-def render(build: Callable[[], None]) -> ProgramRun:
-    """Run `build` as a whole Pulumi program under the shared recording mocks."""
-    sys.modules["serving_case"] = types.SimpleNamespace(build=build)
-    return run_program({"gcp:project": "my-gcp-project"}, hf_token=None, program=_PROGRAM)
 
 
 def gemma_args(sizing: GemmaSizing, **changes: Any) -> GemmaOnGkeArgs:
@@ -61,15 +48,12 @@ def deploy(sizing: GemmaSizing, **changes: Any) -> ProgramRun:
     return render(build)
 
 
-def pod_spec(run: ProgramRun) -> dict[str, Any]:
-    spec: dict[str, Any] = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"][
-        "spec"
-    ]
-    return spec
+def gemma_pod(run: ProgramRun) -> dict[str, Any]:
+    return pod_spec(run.one("kubernetes:apps/v1:Deployment"))
 
 
 def container(run: ProgramRun) -> dict[str, Any]:
-    containers = pod_spec(run)["containers"]
+    containers = gemma_pod(run)["containers"]
     assert len(containers) == 1
     result: dict[str, Any] = containers[0]
     return result
@@ -88,7 +72,7 @@ VARIANTS = sorted(GEMMA_SIZING)
 def test_each_variant_requests_its_l4s_with_the_l4_selector(variant: str) -> None:
     sizing = GEMMA_SIZING[variant]
     run = deploy(sizing)
-    spec, vllm = pod_spec(run), container(run)
+    spec, vllm = gemma_pod(run), container(run)
     assert spec["nodeSelector"] == {
         "cloud.google.com/gke-accelerator": "nvidia-l4",
         "cloud.google.com/gke-gpu-driver-version": "latest",
@@ -122,7 +106,7 @@ def test_each_variant_caps_context_and_parallelism(variant: str) -> None:
 def test_shared_memory_volume_only_when_tensor_parallel(variant: str) -> None:
     sizing = GEMMA_SIZING[variant]
     run = deploy(sizing)
-    shm = [v for v in pod_spec(run)["volumes"] if v["name"] == "dshm"]
+    shm = [v for v in gemma_pod(run)["volumes"] if v["name"] == "dshm"]
     mounts = [m for m in container(run)["volumeMounts"] if m["mountPath"] == "/dev/shm"]
     if sizing.tensor_parallel > 1:
         assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}]
@@ -210,7 +194,7 @@ def test_hf_token_reaches_the_pod_only_through_a_secret_key_ref() -> None:
 
 def test_pod_runs_hardened() -> None:
     run = deploy(GEMMA_SIZING["gemma-3-12b-it"])
-    spec, vllm = pod_spec(run), container(run)
+    spec, vllm = gemma_pod(run), container(run)
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == "gemma"
     assert spec["securityContext"]["runAsNonRoot"] is True

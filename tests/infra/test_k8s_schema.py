@@ -10,11 +10,6 @@ the fields of their published CRDs below.
 from __future__ import annotations
 
 import copy
-import sys
-import tempfile
-import types
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -26,13 +21,11 @@ import pytest
 from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from stacks.gemma_sizing import GEMMA_SIZING
-from tests.pulumi_harness import ProgramRun, manifests_from_resources, run_program
+from tests.pulumi_harness import manifests_from_resources, render, schema_failures
 
 OLDEST_MINOR = 33
 NEWEST_MINOR = int(kubernetes_validate.latest_version().split(".")[1])
 MINORS = [f"1.{m}" for m in range(OLDEST_MINOR, NEWEST_MINOR + 1)]
-_PROGRAM = Path(tempfile.mkdtemp(prefix="serving-schema-")) / "__main__.py"
-_PROGRAM.write_text("import serving_case\n\nserving_case.build()\n")
 
 # Fields of GKE's BackendConfig (cloud.google.com/v1) and ManagedCertificate
 # (networking.gke.io/v1) CRDs; anything else is a typo GKE would drop or reject.
@@ -93,11 +86,6 @@ _GKE_CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(build: Callable[[], None]) -> ProgramRun:
-    sys.modules["serving_case"] = types.SimpleNamespace(build=build)
-    return run_program({"gcp:project": "my-gcp-project"}, hf_token=None, program=_PROGRAM)
-
-
 def build_everything() -> None:
     """Each serving component in each shape it can render."""
     provider = kubernetes.Provider("k8s", kubeconfig="{}")
@@ -151,10 +139,6 @@ def manifests() -> list[dict[str, Any]]:
 _MANIFESTS = manifests()
 
 
-def _id(manifest: dict[str, Any]) -> str:
-    return f"{manifest['kind']}/{manifest['metadata']['name']}"
-
-
 def test_every_kind_the_components_render_is_covered() -> None:
     kinds = {m["kind"] for m in _MANIFESTS}
     assert kinds == {
@@ -174,13 +158,7 @@ def test_every_kind_the_components_render_is_covered() -> None:
 def test_kubernetes_objects_pass_the_openapi_schema(minor: str) -> None:
     core = [m for m in _MANIFESTS if m["kind"] not in _GKE_CRD_SCHEMAS]
     assert len(core) >= 12
-    failures = []
-    for manifest in core:
-        try:
-            kubernetes_validate.validate(manifest, minor, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            failures.append(f"{_id(manifest)}: {err.message} at {list(err.path)}")
-    assert failures == []
+    assert schema_failures(core, minor) == []
 
 
 @pytest.mark.parametrize("kind", sorted(_GKE_CRD_SCHEMAS))
@@ -198,6 +176,8 @@ def test_schema_check_catches_a_broken_object() -> None:
     broken["spec"]["template"]["spec"]["containers"][0]["resource"] = {}  # typo of resources
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, MINORS[-1], strict=True)
+    (failure,) = schema_failures([broken], MINORS[-1])
+    assert "'resource'" in failure
     bad_config = {"iap": {"enable": True}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad_config, _GKE_CRD_SCHEMAS["BackendConfig"])

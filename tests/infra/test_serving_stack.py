@@ -13,7 +13,9 @@ from tests.pulumi_harness import (
     ProgramRun,
     RecordedResource,
     manifests_from_resources,
+    pod_spec,
     run_program,
+    schema_failures,
 )
 
 IAM_MEMBER_TYPES = (
@@ -32,11 +34,6 @@ SQL_SERVICE = {
 @pytest.fixture(scope="module")
 def dev() -> ProgramRun:
     return run_program()
-
-
-def pod_spec(deployment: RecordedResource) -> dict[str, Any]:
-    spec: dict[str, Any] = deployment.inputs["spec"]["template"]["spec"]
-    return spec
 
 
 def gpu_deployments(run: ProgramRun) -> list[RecordedResource]:
@@ -209,13 +206,7 @@ def test_every_kubernetes_object_of_the_stack_passes_the_schema(
 ) -> None:
     objects = manifests_from_resources(dev.resources)
     assert {m["kind"] for m in objects} >= {"Namespace", "ServiceAccount", "Deployment", "Service"}
-    failures = []
-    for manifest in objects:
-        try:
-            kubernetes_validate.validate(manifest, minor, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            failures.append(f"{manifest['kind']}/{manifest['metadata']['name']}: {err.message}")
-    assert failures == []
+    assert schema_failures(objects, minor) == []
 
 
 def test_workloads_start_only_after_their_images_and_secrets_exist() -> None:

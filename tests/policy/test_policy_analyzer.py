@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +13,14 @@ import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
+from devtools.processes import ChildProcess
 from policy.rules import ALL_RULES
 from tests.policy.serving_snippet import SNIPPET
 from tests.pulumi_harness import run_snippet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANDATORY = 1  # the proto's EnforcementLevel.MANDATORY
+PORT_LINE = re.compile(r"^(\d+)$", re.MULTILINE)
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
@@ -30,27 +31,18 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 def _start_pack(stack: str) -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
     # The CLI runs the pack's directory with these variables set and reads the port it prints.
-    env = {**os.environ, "PULUMI_PROJECT": "gemma-stack", "PULUMI_STACK": stack}
-    env["PULUMI_DRY_RUN"] = "true"
-    pack = subprocess.Popen(
+    env = {"PULUMI_PROJECT": "gemma-stack", "PULUMI_STACK": stack, "PULUMI_DRY_RUN": "true"}
+    with ChildProcess.start(
+        "policy pack",
         [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", "policy"],
-        cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert pack.stdout is not None
-        port = pack.stdout.readline().strip()
-        if not port.isdigit():
-            pack.kill()
-            raise AssertionError(f"the pack did not start: {pack.communicate()[1][-2000:]}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        cwd=REPO_ROOT,
+    ) as pack:
+        pack.wait_until(lambda: PORT_LINE.search(pack.output()))
+        port = PORT_LINE.search(pack.output())
+        assert port, pack.output()
+        with grpc.insecure_channel(f"127.0.0.1:{port.group(1)}") as channel:
             yield analyzer_pb2_grpc.AnalyzerStub(channel)
-    finally:
-        pack.kill()
-        pack.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from app.inference.model_source import gcs_filesystem
-from app.inference.tiny_model import build_tiny_gemma3
 from app.tuning.convert import convert_file, sql_user_turn
 from app.tuning.tokens import ModelTokens, TokenizerError
 from app.tuning.validate import validate_file
+from devtools.tiny_model import build_tiny_gemma3
 from tests.tuning.tuning_samples import chat_example, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]

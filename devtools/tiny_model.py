@@ -9,7 +9,7 @@ only sees the current token, and an untied output head chains "<start_of_turn>mo
 the reply's tokens, then to ``<end_of_turn>``, then past the turn into a new user turn and
 the reply again. A server that ignores end of turn therefore runs past its turn for real.
 
-    python -m app.inference.tiny_model OUT_DIR [--shape tiny|270m] [--reply TEXT]
+    python -m devtools.tiny_model OUT_DIR [--shape tiny|270m] [--reply TEXT]
 """
 
 from __future__ import annotations
