@@ -16,7 +16,7 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = ChatSettings()  # type: ignore[call-arg] - filled from the environment
+        settings = ChatSettings()  # filled from the environment
     except ValidationError as err:
         sys.exit(f"chat app settings are invalid:\n{describe_errors(err)}")
     from app.chat.server import create_app  # noqa: PLC0415 - bad settings fail before Gradio loads

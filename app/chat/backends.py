@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 
 from app.chat.id_tokens import IdTokenSource, audience_for
 from app.chat.settings import BackendConfig
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 Role = Literal["user", "assistant"]
 
@@ -154,14 +157,17 @@ class OpenAIBackend:
             max_retries=0,
         )
 
-    def _messages(self, turns: Sequence[Turn], system_prompt: str) -> list[dict[str, str]]:
+    def _messages(
+        self, turns: Sequence[Turn], system_prompt: str
+    ) -> list[ChatCompletionMessageParam]:
         history = prepare_turns(turns)
-        messages = [{"role": t.role, "content": t.content} for t in history]
-        if system_prompt.strip():
-            if self.config.folds_system_prompt and messages:
-                messages[0]["content"] = f"{system_prompt.strip()}\n\n{messages[0]['content']}"
-            elif not self.config.folds_system_prompt:
-                messages.insert(0, {"role": "system", "content": system_prompt.strip()})
+        system = system_prompt.strip()
+        if system and self.config.folds_system_prompt and history:
+            history[0] = Turn(history[0].role, f"{system}\n\n{history[0].content}")
+        messages: list[ChatCompletionMessageParam] = []
+        if system and not self.config.folds_system_prompt:
+            messages.append({"role": "system", "content": system})
+        messages.extend(_openai_message(t) for t in history)
         return messages
 
     async def stream(
@@ -169,6 +175,8 @@ class OpenAIBackend:
     ) -> AsyncIterator[str]:
         import openai  # noqa: PLC0415
 
+        # Named, as mypy cannot type a starred tuple written in an except clause.
+        broken_stream: tuple[type[Exception], ...] = (openai.APIError, *_transport_errors())
         started = False
         try:
             headers = await self._id_tokens.headers() if self._id_tokens else {}
@@ -177,7 +185,7 @@ class OpenAIBackend:
                 headers["Authorization"] = f"Bearer {api_key}"
             stream = await self._client.chat.completions.create(
                 model=self.config.model,
-                messages=self._messages(turns, system_prompt),  # type: ignore[arg-type]
+                messages=self._messages(turns, system_prompt),
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
@@ -197,7 +205,7 @@ class OpenAIBackend:
                 partial=started,
                 transient=err.status_code in TRANSIENT_STATUSES,
             ) from err
-        except (openai.APIError, *_transport_errors()) as err:
+        except broken_stream as err:
             raise BackendError(self._broken(err, started), partial=started, transient=True) from err
         except BackendError:
             raise
@@ -284,6 +292,7 @@ class GeminiBackend:
     ) -> AsyncIterator[str]:
         from google.genai import errors, types  # noqa: PLC0415
 
+        broken_stream: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, *_aiohttp_errors())
         started = False
         try:
             client = self._get_client()
@@ -321,7 +330,7 @@ class GeminiBackend:
                 partial=started,
                 transient=int(err.code or 0) in TRANSIENT_STATUSES,
             ) from err
-        except (httpx.HTTPError, OSError, *_aiohttp_errors()) as err:
+        except broken_stream as err:
             message = (
                 f"{self.config.label} stopped mid-reply (connection lost); the reply is cut off."
                 if started
@@ -336,6 +345,12 @@ class GeminiBackend:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aio.aclose()
+
+
+def _openai_message(turn: Turn) -> ChatCompletionMessageParam:
+    if turn.role == "user":
+        return {"role": "user", "content": turn.content}
+    return {"role": "assistant", "content": turn.content}
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:

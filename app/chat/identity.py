@@ -24,12 +24,14 @@ def new_browser_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def verify_iap_jwt(assertion: str, audience: str, certs_url: str = IAP_CERTS_URL) -> dict[str, Any]:
+def verify_iap_jwt(
+    assertion: str, audience: str, certs_url: str = IAP_CERTS_URL
+) -> Mapping[str, Any]:
     """Check IAP's signed header: signature (IAP's public keys), audience, expiry, issuer."""
     import google.auth.transport.requests  # noqa: PLC0415
     from google.oauth2 import id_token  # noqa: PLC0415
 
-    claims: dict[str, Any] = id_token.verify_token(
+    claims = id_token.verify_token(
         assertion,
         google.auth.transport.requests.Request(),
         audience=audience,

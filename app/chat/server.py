@@ -51,7 +51,8 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
 
     ui = ChatUI(settings, history, backends, OwnerResolver(settings))
     auth = list(settings.login_users().items()) if settings.auth_mode == "login" else None
-    return gr.mount_gradio_app(
+    # mount_gradio_app returns the app it mounted on, but carries no return type.
+    app: FastAPI = gr.mount_gradio_app(
         api,
         ui.build(),
         path="",
@@ -62,3 +63,4 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
         css=CSS,
         ssr_mode=False,
     )
+    return app

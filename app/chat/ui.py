@@ -305,7 +305,9 @@ class ChatUI:
 
     def build(self) -> gr.Blocks:
         settings = self.settings
-        with gr.Blocks(title="Gemma Stack Chat", fill_height=True) as demo:
+        # Not `with gr.Blocks() as demo`: Blocks.__enter__ (which returns self) is untyped.
+        demo = gr.Blocks(title="Gemma Stack Chat", fill_height=True)
+        with demo:
             browser_id = gr.BrowserState(
                 None, storage_key=BROWSER_ID_KEY, secret=settings.browser_state_key
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
@@ -17,12 +18,12 @@ from app.inference.state import Phase
 class _Server(uvicorn.Server):
     """Uvicorn server that also flips the app to draining when SIGTERM arrives."""
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app_state = getattr(self, "app_state", None)
         server = getattr(app_state, "server", None)
         if server is not None and server.phase is not Phase.FAILED:
             server.phase = Phase.DRAINING
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        super().handle_exit(sig, frame)
         # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
         captured = getattr(self, "_captured_signals", None)
         if sig == signal.SIGTERM and captured and captured[-1] == sig:
@@ -31,7 +32,7 @@ class _Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
+        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"

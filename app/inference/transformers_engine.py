@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import torch
@@ -159,19 +159,19 @@ class _FiniteLogits(LogitsProcessor):
         self.temperature = temperature  # None: greedy, no scaling
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
-        scores = torch.nan_to_num(scores.float(), nan=-torch.inf, posinf=torch.inf)
-        infinite = torch.isposinf(scores)
+        logits = torch.nan_to_num(scores.float(), nan=-torch.inf, posinf=torch.inf)
+        infinite = torch.isposinf(logits)
         rows = infinite.any(dim=-1, keepdim=True)
-        scores = torch.where(rows, torch.where(infinite, 0.0, -torch.inf), scores)
-        best = scores.max(dim=-1, keepdim=True).values
+        logits = torch.where(rows, torch.where(infinite, 0.0, -torch.inf), logits)
+        best = logits.max(dim=-1, keepdim=True).values
         if not bool(torch.isfinite(best).all()):
             raise RuntimeError(
                 "the model produced no finite logit (all NaN or -inf): its weights are broken; "
                 "re-export the merged model"
             )
         if self.temperature is None:
-            return scores
-        return (scores - best) / self.temperature
+            return logits
+        return (logits - best) / self.temperature
 
 
 class TransformersEngine(Engine):
@@ -196,7 +196,9 @@ class TransformersEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=self.dtype, attn_implementation=attention
         )
-        self.model.to(self.device).eval()
+        # As a Module: PreTrainedModel.to's functools.wraps hides its signature from mypy.
+        module: torch.nn.Module = self.model
+        module.to(self.device).eval()
         config = self.model.config
         text_config = getattr(config, "text_config", None) or config
         limit = int(getattr(text_config, "max_position_embeddings", 0) or 8192)
@@ -208,7 +210,9 @@ class TransformersEngine(Engine):
                 limit,
             )
         self.max_model_len = min(max_model_len or limit, limit)
-        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
+        # Typed as a Module; a causal LM's input embeddings are an nn.Embedding.
+        embeddings = cast(torch.nn.Embedding, self.model.get_input_embeddings())
+        self.vocab_size = int(embeddings.num_embeddings)
         self.stop_ids = self._stop_token_ids()
         defaults = self.model.generation_config
         self.default_top_k = getattr(defaults, "top_k", None)
