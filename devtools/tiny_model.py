@@ -237,7 +237,7 @@ def build_tiny_gemma3(out_dir: Path, shape: str = "tiny", reply: str | None = No
         eos_token_id=[EOS_ID, END_OF_TURN_ID],
         bos_token_id=BOS_ID,
         tie_word_embeddings=reply is None,
-        torch_dtype="bfloat16" if shape == "270m" else "float32",
+        dtype="bfloat16" if shape == "270m" else "float32",
         **dims,  # type: ignore[arg-type]
     )
     config.architectures = ["Gemma3ForCausalLM"]
@@ -250,7 +250,7 @@ def build_tiny_gemma3(out_dir: Path, shape: str = "tiny", reply: str | None = No
     if reply is not None:
         _script_reply(model, fast, reply)
     if shape == "270m":
-        model = model.to(torch.bfloat16)
+        model.bfloat16()  # in place, like every nn.Module dtype cast
     model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.bos_token_id = BOS_ID
