@@ -196,3 +196,23 @@ def test_offline_block_runs_as_written(name: str, body: str, fresh_clone: Path) 
         check=False,
     )
     assert result.returncode == 0, f"{name} failed:\n{body}\n{result.stdout}\n{result.stderr}"
+
+
+# The project speaks for itself: no pointer into the team's tracker or internal briefs.
+INTERNAL_REFERENCE = re.compile(r"\bissue \d+\b|\bBRIEF\b|\bSTYLE\.md\b")
+
+
+def test_no_tracked_text_cites_internal_issues_or_briefs() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    hits = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".yaml", ".toml", ".txt", ".in", ".sh", ""}:
+            continue
+        if name == "tests/test_docs.py" or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        hits += [f"{name}: {m.group(0)}" for m in INTERNAL_REFERENCE.finditer(text)]
+    assert hits == []
