@@ -157,13 +157,14 @@ class AutopilotCluster(pulumi.ComponentResource):
             ),
             deletion_protection=args.deletion_protection,
             resource_labels={"part-of": "gemma-stack"},
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[*args.depends_on, *grants],
-                custom_timeouts=CLUSTER_TIMEOUTS,
-                delete_before_replace=True,
-                # Autopilot manages node settings itself; a diff there would replace the cluster.
-                ignore_changes=["nodeConfig", "nodePoolAutoConfig", "nodePoolDefaults"],
+            opts=fixed_id_options(
+                pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[*args.depends_on, *grants],
+                    custom_timeouts=CLUSTER_TIMEOUTS,
+                    # Autopilot manages node settings itself; a diff there would replace it.
+                    ignore_changes=["nodeConfig", "nodePoolAutoConfig", "nodePoolDefaults"],
+                )
             ),
         )
         self.name = self.cluster.name

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from components.resource_ids import fixed_id_options
+
 # The chat app's collection (app/chat/history.py) and the fields its conversation list uses.
 SESSIONS_COLLECTION = "chat_sessions"
 
@@ -56,12 +58,10 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
             ),
             # With protection off, `pulumi destroy` really deletes the chats (a dev stack).
             deletion_policy="ABANDON" if args.delete_protection else "DELETE",
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=list(args.depends_on),
-                protect=args.delete_protection,
-                # The name is ours, so a replacement must free it first (else a 409).
-                delete_before_replace=True,
+            opts=fixed_id_options(
+                pulumi.ResourceOptions(
+                    parent=self, depends_on=list(args.depends_on), protect=args.delete_protection
+                )
             ),
         )
         # "My conversations, newest first" filters on owner and sorts on updated_at, a query

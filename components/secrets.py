@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from components.resource_ids import fixed_id_options
+
 
 @dataclass(frozen=True)
 class StoredSecretArgs:
@@ -46,9 +48,8 @@ class StoredSecret(pulumi.ComponentResource):
                 auto=gcp.secretmanager.SecretReplicationAutoArgs()
             ),
             labels={"managed-by": "pulumi", "part-of": "gemma-stack"},
-            # The id is ours, so a replacement must free it first (else a 409).
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=list(args.depends_on), delete_before_replace=True
+            opts=fixed_id_options(
+                pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
             ),
         )
         self.version = gcp.secretmanager.SecretVersion(
