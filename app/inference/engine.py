@@ -24,20 +24,61 @@ GREEDY_BELOW = 1e-5
 GREEDY_NOTE = f"below {GREEDY_BELOW:g} (0 included) decoding is greedy"
 
 
+# The most alternatives a request may ask for per token, as in vLLM's and OpenAI's APIs.
+MAX_TOP_LOGPROBS = 20
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample; a temperature below ``GREEDY_BELOW`` (0 included) means greedy."""
+    """How to sample; a temperature below ``GREEDY_BELOW`` (0 included) means greedy.
+
+    The penalties follow vLLM: ``presence_penalty`` and ``frequency_penalty`` (OpenAI's
+    definitions, over the generated tokens) and ``repetition_penalty`` (transformers' and
+    vLLM's multiplicative one, over prompt and generated tokens; 1 is off). ``min_p`` drops
+    tokens less likely than ``min_p`` times the likeliest one. ``seed`` seeds a generator of
+    the request's own, so seeded output does not depend on other requests in the batch.
+    ``logprobs``: None for none, else the chosen token's log-probability plus that many
+    alternatives (0 to ``MAX_TOP_LOGPROBS``).
+    """
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One candidate token and its log-probability."""
+
+    token: str  # the token's text
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and its ``top`` alternatives, likeliest first.
+
+    Log-probabilities are the model's own (before temperature, penalties and truncation),
+    as vLLM reports them by default.
+    """
+
+    token: str
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass
@@ -48,15 +89,21 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn, eos or a stop string) or "length"
+    # One entry per token of ``text`` when the request asked for logprobs, else None.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass
 class StreamEvent:
-    """One streamed piece of text, the final summary (``completion``) or a failure (``error``)."""
+    """One streamed piece of text, the final summary (``completion``) or a failure (``error``).
+
+    ``logprobs`` holds the entries of the tokens whose text this event releases.
+    """
 
     text: str = ""
     completion: Completion | None = field(default=None)
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Engine(ABC):
