@@ -1,4 +1,4 @@
-"""The web server: Gradio mounted on FastAPI, with a health route for Kubernetes and Cloud Run."""
+"""The web server: Gradio mounted on FastAPI, behind the access gate and security headers."""
 
 from __future__ import annotations
 
@@ -10,14 +10,27 @@ from contextlib import asynccontextmanager
 
 import gradio as gr
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
+from app.chat.access import (
+    Access,
+    AccessGate,
+    LoginAccess,
+    LoginThrottle,
+    SecurityHeaders,
+    SessionSigner,
+    gate_user,
+)
 from app.chat.backends import ChatBackend, make_backend
 from app.chat.history import ChatHistory
-from app.chat.identity import OwnerResolver
+from app.chat.identity import IapAccess, OwnerResolver
 from app.chat.settings import ChatSettings
 from app.chat.ui import CSS, ChatUI
 
 log = logging.getLogger(__name__)
+# System fonts only: a theme's web fonts would come from another host, which the CSP forbids.
+SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
+MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
 
 
 def _skip_missing_matplotlib() -> None:
@@ -27,10 +40,36 @@ def _skip_missing_matplotlib() -> None:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
-def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> FastAPI:
-    """Wire settings, backends, history and the UI into one ASGI app."""
+def make_access(settings: ChatSettings) -> Access | None:
+    """The gate for AUTH_MODE: None lets everyone in (each browser keeps its own history)."""
+    if settings.auth_mode == "login":
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
+        return LoginAccess(
+            settings.login_users(),
+            SessionSigner(secret, settings.login_session_hours * 3600),
+            LoginThrottle(
+                settings.login_max_failures,
+                settings.login_client_max_failures,
+                settings.login_lockout_s,
+            ),
+        )
+    if settings.auth_mode == "iap":
+        return IapAccess.from_settings(settings)
+    return None
+
+
+def create_app(
+    settings: ChatSettings, history: ChatHistory | None = None, access: Access | None = None
+) -> FastAPI:
+    """Wire settings, backends, history, access and the UI into one ASGI app."""
     _skip_missing_matplotlib()
-    history = history or ChatHistory(settings.google_cloud_project, settings.firestore_database)
+    history = history or ChatHistory(
+        settings.google_cloud_project,
+        settings.firestore_database,
+        stuck_after_s=settings.history_stuck_after_s,
+        ttl_days=settings.history_ttl_days,
+    )
+    access = access or make_access(settings)
     backends: dict[str, ChatBackend] = {
         b.id: make_backend(b, settings.google_cloud_project) for b in settings.chat_backends
     }
@@ -38,29 +77,48 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await history.close()
+        await history.close(settings.shutdown_flush_s)
         for backend in backends.values():
             await backend.aclose()
 
     api = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @api.get("/healthz")
-    async def healthz() -> dict[str, object]:
-        # Always 200 while serving: a Firestore outage is absorbed by the writer, not a restart.
-        return {"status": "ok", "pending_writes": history.pending}
+    @api.get("/livez")
+    async def livez() -> dict[str, str]:
+        # Liveness: the server answers. A Firestore outage must not restart the pod (its
+        # queue would be lost), so this never looks at the history.
+        return {"status": "ok"}
 
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        # Readiness: 503 while history writes are stuck, so a replica that cannot save stops
+        # taking new chats; it keeps retrying and comes back once Firestore does.
+        health = history.health()
+        body = {
+            "status": "degraded" if health.stuck else "ok",
+            "pending_writes": health.pending,
+            "failed_writes": health.failed,
+            "stuck_for_s": health.stuck_for_s,
+        }
+        return JSONResponse(body, status_code=503 if health.stuck else 200)
+
+    if isinstance(access, LoginAccess):
+        access.add_routes(api)
     ui = ChatUI(settings, history, backends, OwnerResolver(settings))
-    auth = list(settings.login_users().items()) if settings.auth_mode == "login" else None
     # mount_gradio_app returns the app it mounted on, but carries no return type.
     app: FastAPI = gr.mount_gradio_app(
         api,
         ui.build(),
         path="",
-        auth=auth,
-        auth_message="Sign in to your team's Gemma chat." if auth else None,
+        auth_dependency=gate_user if access is not None else None,
         footer_links=[],
-        theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"),
+        theme=gr.themes.Soft(
+            primary_hue="indigo", secondary_hue="slate", font=SYSTEM_FONTS, font_mono=MONO_FONTS
+        ),
         css=CSS,
         ssr_mode=False,
     )
+    if access is not None:
+        app.add_middleware(AccessGate, access=access)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.chat.history import DEFAULT_MAX_MESSAGE_BYTES
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are Gemma, a helpful, friendly assistant for ML and platform engineers. "
     "Answer clearly and concisely; use Markdown for code."
@@ -63,6 +65,9 @@ class BackendConfig(BaseModel):
     # system prompt folded into the first user turn unless the server is known to accept it.
     fold_system_prompt: bool | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+    # How much history (system prompt included) this model is sent, in characters; older
+    # turns are left out, with a notice. ~4 characters a token: 32,000 fits an 8K context.
+    context_chars: int = Field(default=32_000, ge=1_000)
 
     @model_validator(mode="after")
     def _check_combination(self) -> BackendConfig:
@@ -122,7 +127,27 @@ class ChatSettings(BaseSettings):
     # Streamed tokens closer together than this share one screen update (first token: never).
     stream_update_interval_ms: int = Field(default=25, ge=0, le=1000)
     shutdown_grace_s: float = Field(default=15.0, ge=0)
+    # After open connections close, queued history writes get this long to reach Firestore.
+    shutdown_flush_s: float = Field(default=30.0, ge=0)
     conversation_list_size: int = Field(default=50, ge=1, le=500)
+    # A message larger than this is refused with a message (Firestore's field cap is 1 MiB).
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1_000, le=900_000)
+    # /healthz answers 503 once the oldest queued write has waited this long without progress.
+    history_stuck_after_s: float = Field(default=60.0, gt=0)
+    # Messages and conversations expire this many days after their last write (Firestore TTL).
+    history_ttl_days: int | None = Field(default=None, ge=1)
+    # Login mode: failed sign-ins allowed per user name and per client address before a
+    # lockout, and how long the lockout and the window that counts failures last.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_client_max_failures: int = Field(default=20, ge=1)
+    login_lockout_s: float = Field(default=900.0, gt=0)
+    login_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Signs login session cookies, so sessions survive restarts and work on every replica.
+    session_secret: SecretStr | None = None
+    # IAP mode: the audience IAP signs for, or what finds it (the project number and the
+    # `namespace-service-port` part of the backend service name the GKE Ingress creates).
+    iap_project_number: str | None = Field(default=None, pattern=r"^\d+$")
+    iap_backend_service: str | None = None
 
     @field_validator("chat_backends", mode="before")
     @classmethod
@@ -146,6 +171,23 @@ class ChatSettings(BaseSettings):
             raise ValueError(f"CHAT_BACKENDS labels must be unique, got {labels}")
         if self.auth_mode == "login":
             self.login_users()  # fails early with a clear message
+            secret = self.session_secret.get_secret_value() if self.session_secret else ""
+            if len(secret) < 32:
+                raise ValueError(
+                    "AUTH_MODE=login needs SESSION_SECRET, at least 32 random characters that "
+                    "sign session cookies (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'`); every replica needs the same one."
+                )
+        if (
+            self.auth_mode == "iap"
+            and not self.iap_audience
+            and not (self.iap_project_number and self.iap_backend_service)
+        ):
+            raise ValueError(
+                "AUTH_MODE=iap needs IAP_AUDIENCE (/projects/NUMBER/global/backendServices/ID) "
+                "or IAP_PROJECT_NUMBER and IAP_BACKEND_SERVICE to look it up; without them "
+                "nothing could be verified, so the app would refuse every request."
+            )
         return self
 
     def login_users(self) -> dict[str, str]:

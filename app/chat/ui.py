@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -12,11 +13,15 @@ from typing import Any
 import gradio as gr
 
 from app.chat.backends import BackendError, ChatBackend, Sampling, Turn
+from app.chat.context import fit_context
 from app.chat.history import (
     ChatHistory,
     HistoryUnavailableError,
+    MessageRejectedError,
     SessionSummary,
     StoredMessage,
+    check_text,
+    fit_text,
     new_session_id,
     title_for,
 )
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 LONG_HISTORY = 400
 STREAMS_AT_FULL_RATE = 10
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
+# The sliders' ranges; the handler checks them again, as an API caller can send anything.
+TEMPERATURE = (0.1, 1.0)
+TOP_P = (0.1, 1.0)
+MAX_TOKENS = (1, 4096)
 CSS = """
 #chat-title h1 { margin: 0; font-size: 1.4rem; }
 #chat-title p { margin: 0.2rem 0 0; color: var(--body-text-color-subdued); }
@@ -43,10 +52,11 @@ class Conversation:
     messages: list[StoredMessage] = field(default_factory=list)
 
 
-def display_text(message: StoredMessage) -> str:
-    if not message.error:
+def display_text(message: StoredMessage, not_saved: str | None = None) -> str:
+    problems = [p for p in (message.error, not_saved) if p]
+    if not problems:
         return message.content
-    warning = f"⚠️ {message.error}"
+    warning = "\n\n".join(f"⚠️ {p}" for p in problems)
     return f"{message.content}\n\n{warning}" if message.content else warning
 
 
@@ -54,8 +64,25 @@ def _warning(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": f"⚠️ {text}"}
 
 
-def to_chatbot(messages: list[StoredMessage]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": display_text(m)} for m in messages]
+def to_chatbot(
+    messages: list[StoredMessage], failed: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """Chat bubbles; `failed` (doc_id -> reason) marks messages the history refused."""
+    failed = failed or {}
+    return [{"role": m.role, "content": display_text(m, failed.get(m.doc_id))} for m in messages]
+
+
+def sampling_problem(temperature: float, top_p: float, max_tokens: float) -> str | None:
+    """Why slider values cannot be used (NaN and infinity pass a range check), or None."""
+    for name, value, (low, high) in (
+        ("Temperature", temperature, TEMPERATURE),
+        ("Top-p", top_p, TOP_P),
+        ("Max tokens", max_tokens, MAX_TOKENS),
+    ):
+        number = float(value) if isinstance(value, int | float) else math.nan
+        if not math.isfinite(number) or not low <= number <= high:
+            return f"{name} must be a number from {low:g} to {high:g}; got {value!r}."
+    return None
 
 
 def to_turns(messages: list[StoredMessage]) -> list[Turn]:
@@ -91,13 +118,12 @@ class ChatUI:
     # -- helpers ---------------------------------------------------------------------------
 
     async def _owner(self, request: gr.Request | None, browser_id: str | None) -> str:
-        headers: Mapping[str, str] = dict(getattr(request, "headers", None) or {})
         username = getattr(request, "username", None) if request is not None else None
         if self.settings.auth_mode == "none" and not browser_id and request is not None:
             # A message sent before the page finished loading has no browser id yet; the
             # conversation then belongs to this page view (it cannot be restored after reload).
             return f"page:{request.session_hash}"
-        return await self.owners.owner(headers, username, browser_id)
+        return self.owners.owner(username, browser_id)
 
     def _alternative(self, failed_id: str) -> str | None:
         failed = self.settings.backend_by_id(failed_id)
@@ -168,19 +194,24 @@ class ChatUI:
         if not text:
             yield skip, skip, skip
             return
+        text, problem = self._checked(text, temperature, top_p, max_tokens)
+        if problem:
+            yield self._rejected(conversation, text, problem), skip, skip
+            return
         backend_config = self._backend_for(backend_label)
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         if conversation is None or conversation.owner != owner:
             conversation = Conversation(owner=owner)
         is_new = not conversation.messages
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
-        self._keep(conversation, "user", text, backend_id=backend_config.id, sampling=sampling)
+        question = self._keep_question(conversation, text, backend_config, sampling)
 
-        shown = [*to_chatbot(conversation.messages), {"role": "assistant", "content": ""}]
+        shown = [*self._chat(conversation), {"role": "assistant", "content": ""}]
         # Ask the model before echoing the user's message, so both overlap.
-        turns = to_turns(conversation.messages)
-        backend = self.backends[backend_config.id]
-        pieces = aiter(backend.stream(turns, system_prompt or "", sampling))
+        turns = self._window(conversation, system_prompt or "", backend_config)
+        pieces = aiter(
+            self.backends[backend_config.id].stream(turns, system_prompt or "", sampling)
+        )
         next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
         reply = ""
         error: str | None = "the reply was interrupted (the browser disconnected)"
@@ -206,17 +237,81 @@ class ChatUI:
             self.streaming -= 1
             next_piece.cancel()
             # Runs on a browser disconnect too (the generator is closed): the reply is kept.
-            self._keep(
-                conversation,
-                "assistant",
-                reply,
-                backend_id=backend_config.id,
-                sampling=sampling,
-                error=error,
-            )
+            self._keep_reply(conversation, question, reply, error, sampling)
 
         listed = self._listed(choices, conversation) if is_new else skip
-        yield to_chatbot(conversation.messages), conversation, listed
+        yield self._chat(conversation), conversation, listed
+
+    def _chat(self, conversation: Conversation) -> list[dict[str, str]]:
+        return to_chatbot(conversation.messages, self.history.failed_in(conversation.session_id))
+
+    def _rejected(
+        self, conversation: Conversation | None, text: str, problem: str
+    ) -> list[dict[str, str]]:
+        """The chat with a refused message and why; nothing is saved. The text is shown
+        (made displayable) so the user can copy and fix it."""
+        earlier = self._chat(conversation) if conversation is not None else []
+        shown = fit_text(text, self.settings.max_message_bytes)[0]
+        return [*earlier, {"role": "user", "content": shown}, _warning(problem)]
+
+    def _keep_question(
+        self, conversation: Conversation, text: str, backend: BackendConfig, sampling: Sampling
+    ) -> StoredMessage:
+        # Numbered by the history, so another tab on this conversation cannot interleave.
+        seq = self.history.reserve_turn(conversation.session_id, len(conversation.messages))
+        return self._keep(
+            conversation, "user", text, seq=seq, backend_id=backend.id, sampling=sampling
+        )
+
+    def _keep_reply(
+        self,
+        conversation: Conversation,
+        question: StoredMessage,
+        reply: str,
+        error: str | None,
+        sampling: Sampling,
+    ) -> None:
+        """Keep a reply right after its question: cut to the size limit, never refused."""
+        reply, cut = fit_text(reply, self.settings.max_message_bytes)
+        if cut:
+            limit = self.settings.max_message_bytes
+            note = f"the reply was cut at {limit:,} bytes, the most a message may hold"
+            error = f"{error}; {note}" if error else note.capitalize() + "."
+        self._keep(
+            conversation,
+            "assistant",
+            reply,
+            seq=question.seq + 1,
+            backend_id=question.backend_id or "",
+            sampling=sampling,
+            error=error,
+            reply_to=question.doc_id,
+        )
+
+    def _checked(
+        self, text: str, temperature: float, top_p: float, max_tokens: float
+    ) -> tuple[str, str | None]:
+        """The message normalized for storage, and why it cannot be sent (or None)."""
+        problem = sampling_problem(temperature, top_p, max_tokens)
+        try:
+            text = check_text(text, self.settings.max_message_bytes)
+        except MessageRejectedError as err:
+            problem = str(err)
+        return text, problem
+
+    @staticmethod
+    def _window(conversation: Conversation, system: str, backend: BackendConfig) -> list[Turn]:
+        """What this model is sent: the turns that fit its context, with a notice if cut."""
+        turns, left_out = fit_context(
+            to_turns(conversation.messages), system, backend.context_chars
+        )
+        if left_out:
+            gr.Info(
+                f"{backend.label} sees the last {len(turns)} messages of this conversation; "
+                f"{left_out} older ones are left out to fit its context. Start a new chat "
+                "to begin afresh."
+            )
+        return turns
 
     def _update_interval_s(self, shown_messages: int) -> float:
         # Tokens that arrive faster than the screen needs share an update. Every update costs
@@ -246,20 +341,24 @@ class ChatUI:
         role: str,
         content: str,
         *,
+        seq: int,
         backend_id: str,
         sampling: Sampling,
         error: str | None = None,
-    ) -> None:
+        reply_to: str | None = None,
+    ) -> StoredMessage:
         stored = StoredMessage(
-            seq=len(conversation.messages),
+            seq=seq,
             role=role,
             content=content,
             backend_id=backend_id,
             sampling=sampling.as_dict(),
             error=error,
+            reply_to=reply_to,
         )
         conversation.messages.append(stored)
         self.history.append(conversation.session_id, conversation.owner, stored)
+        return stored
 
     @staticmethod
     def show_choices(choices: list[tuple[str, str]], conversation: Conversation | None) -> Any:
@@ -295,7 +394,38 @@ class ChatUI:
             None,
         )
         backend_update = gr.update(value=last_backend.label) if last_backend else skip
-        return to_chatbot(messages), conversation, backend_update
+        failed = self.history.failed_in(session_id)
+        return to_chatbot(messages, failed), conversation, backend_update
+
+    async def delete(
+        self,
+        conversation: Conversation | None,
+        choices: list[tuple[str, str]] | None,
+        browser_id: str | None,
+        request: gr.Request,
+    ) -> tuple[Any, Any, Any]:
+        """Delete the open conversation and every message of it, from Firestore too."""
+        skip = gr.skip()
+        if conversation is None or not conversation.messages:
+            gr.Info("Open a conversation first; there is nothing to delete.")
+            return skip, skip, skip
+        try:
+            owner = await self._owner(request, browser_id)
+            deleted = owner == conversation.owner and await self.history.delete(
+                owner, conversation.session_id
+            )
+        except IdentityError as err:
+            gr.Warning(str(err))
+            return skip, skip, skip
+        except HistoryUnavailableError:
+            gr.Warning("History is unreachable right now; nothing was deleted. Try again soon.")
+            return skip, skip, skip
+        if not deleted:
+            gr.Warning("That conversation does not exist or is not yours.")
+            return skip, skip, skip
+        gr.Info("The conversation and all its messages are deleted.")
+        remaining = [c for c in choices or [] if c[1] != conversation.session_id]
+        return [], None, remaining
 
     @staticmethod
     def new_chat() -> tuple[list[Any], None, Any]:
@@ -315,6 +445,7 @@ class ChatUI:
             choices_state = gr.State([])
             with gr.Sidebar(label="Conversations", width=300):
                 new_chat = gr.Button("New chat", variant="primary")
+                delete_chat = gr.Button("Delete this chat", variant="stop", size="sm")
                 conversation_list = gr.Radio(
                     choices=[],
                     label="Your conversations",
@@ -332,9 +463,9 @@ class ChatUI:
                 backend = gr.Dropdown(
                     choices=self.labels, value=self.labels[0], label="Model", scale=2
                 )
-                temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
-                top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
-                max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
+                temperature = gr.Slider(*TEMPERATURE, value=0.9, step=0.05, label="Temperature")
+                top_p = gr.Slider(*TOP_P, value=0.95, step=0.05, label="Top-p")
+                max_tokens = gr.Slider(*MAX_TOKENS, value=1024, step=1, label="Max tokens")
             with gr.Accordion("System prompt (persona)", open=False):
                 system_prompt = gr.Textbox(value=settings.system_prompt, lines=3, show_label=False)
             chatbot = gr.Chatbot(label="Chat", scale=1, height="60vh", buttons=["copy", "copy_all"])
@@ -386,6 +517,12 @@ class ChatUI:
                 self.new_chat,
                 outputs=[chatbot, conversation, conversation_list],
                 api_name="new_chat",
+            )
+            delete_chat.click(
+                self.delete,
+                inputs=[conversation, choices_state, browser_id],
+                outputs=[chatbot, conversation, choices_state],
+                api_name="delete",
             )
         demo.queue(default_concurrency_limit=16, max_size=settings.queue_size)
         return demo

@@ -21,6 +21,7 @@ from tests.chat.misbehaving_backend import MisbehavingBackend
 from tests.chat.stack import (
     DATABASE,
     REPLY,
+    SESSION_SECRET,
     USERS,
     Stack,
     image_layout,
@@ -62,6 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "PORT": str(port),
             "AUTH_MODE": mode,
             "LOGIN_CREDENTIALS": ",".join(f"{u}:{p}" for u, p in USERS.items()),
+            "SESSION_SECRET": SESSION_SECRET,
             "GRADIO_ANALYTICS_ENABLED": "False",
             "SHUTDOWN_GRACE_S": "2",
             # Every token its own update, so streaming is visible however fast the model is.

@@ -1,4 +1,4 @@
-"""Local stand-ins for two Google endpoints: the OAuth token endpoint and IAP's public keys.
+"""Local stand-ins for Google endpoints: OAuth tokens, IAP's public keys, backend services.
 
 google-auth talks to them for real (it signs a JWT with a service-account key and posts it,
 or fetches keys to verify a signed header), so ID-token and IAP code paths run unchanged.
@@ -23,6 +23,8 @@ class GoogleEndpoints:
 
     def __init__(self) -> None:
         self.token_requests = 0
+        self.backend_services: list[dict[str, str]] = []
+        self.compute_authorization: str | None = None
         self.token_lifetime_s = 3600
         self._rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._ec = ec.generate_private_key(ec.SECP256R1())
@@ -115,9 +117,21 @@ class GoogleEndpoints:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 endpoints.token_requests += 1
-                self._json({"id_token": endpoints._id_token()})
+                # Answers both flows: ID tokens, and access tokens for scoped credentials.
+                self._json(
+                    {
+                        "id_token": endpoints._id_token(),
+                        "access_token": "test-access-token",
+                        "expires_in": 3600,
+                    }
+                )
 
             def do_GET(self) -> None:
+                if "/global/backendServices" in self.path:
+                    # Compute Engine's backend service list, as the GKE Ingress leaves it.
+                    endpoints.compute_authorization = self.headers.get("Authorization")
+                    self._json({"items": endpoints.backend_services})
+                    return
                 public = endpoints._ec.public_key().public_bytes(
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )

@@ -21,7 +21,11 @@ REPLY = (
     "Hello! Gemma is a family of lightweight open models from Google: GKE Autopilot runs "
     "pods on NVIDIA L4 GPUs."
 )
-USERS = {"alice": "wonderland", "bob": "builder"}
+USERS = {"alice": "wonderland", "bob": "builder", "carol": "singer"}
+# Signs login sessions in the login-mode app (at least 32 characters).
+SESSION_SECRET = "test-session-secret-0123456789abcdef"
+# The tiny model's context is 8192 tokens; this many characters of history always fit.
+TINY_CONTEXT_CHARS = 6000
 GEMMA = "Gemma 3 (inference app, OpenAI API)"
 GEMINI_API = "Gemma 3 (inference app, Gemini API)"
 FLAKY = "Flaky Gemma (drops mid-reply)"
@@ -74,7 +78,10 @@ class Stack:
     def backends(self) -> list[dict[str, Any]]:
         bad = self.misbehaving.base_url
         return [
-            _backend("gemma", GEMMA, "openai", "tiny", f"{self.inference_url}/v1"),
+            {
+                **_backend("gemma", GEMMA, "openai", "tiny", f"{self.inference_url}/v1"),
+                "context_chars": TINY_CONTEXT_CHARS,
+            },
             _backend("gemma-gemini-api", GEMINI_API, "gemini", "tiny", self.inference_url),
             _backend("flaky", FLAKY, "openai", "drop", f"{bad}/v1"),
             _backend("gke-pending", PENDING, "openai", "pending", f"{bad}/v1"),
