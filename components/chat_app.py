@@ -120,6 +120,9 @@ def chat_backends_env(backends: Sequence[ChatBackend]) -> pulumi.Output[str]:
 
 # Tearing down a global load balancer, its backend services and NEGs takes a few minutes.
 INGRESS_DELETE_TIMEOUT = "20m"
+# On SIGTERM the app lets open requests finish, then flushes queued history writes; the pod's
+# grace period covers both plus this margin (Python start-up of the shutdown, the exit).
+SHUTDOWN_MARGIN_S = 15
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,16 @@ class ChatAppArgs:
     iap_accessors: Mapping[str, str] = field(default_factory=dict)
     # A secret Output 'user:password,...', e.g. from Secret Manager.
     login_credentials: pulumi.Input[str] | None = None
+    # A secret Output of at least 32 characters that signs login session cookies.
+    session_key: pulumi.Input[str] | None = None
+    # Without iap_audience, the app looks its audience up with this project number once the
+    # Ingress has made its backend service (needs compute.backendServices.list).
+    iap_project_number: pulumi.Input[str] | None = None
+    # Days after their last write that conversations and messages expire (Firestore TTL).
+    history_ttl_days: int | None = None
+    # Seconds for open requests to finish, then for queued history writes to reach Firestore.
+    shutdown_grace_s: int = 15
+    shutdown_flush_s: int = 30
     # CIDRs allowed to reach the `login` LoadBalancer; empty means any address.
     allowed_source_ranges: Sequence[str] = ()
     system_prompt: str | None = None
@@ -173,11 +186,23 @@ class ChatAppArgs:
                 f"{where}: exposure 'iap' needs iap_domain (a DNS name you point at the "
                 "Ingress address) for the managed HTTPS certificate IAP requires."
             )
-        if self.exposure == "login" and self.login_credentials is None:
+        if self.exposure == "login" and (
+            self.login_credentials is None or self.session_key is None
+        ):
             raise ValueError(
                 f"{where}: exposure 'login' needs login_credentials ('user:password,...' from "
-                "Secret Manager); the app never runs public without sign-in."
+                "Secret Manager) and session_key (signs session cookies); the app never runs "
+                "public without sign-in."
             )
+        if self.exposure == "iap" and self.iap_audience is None and self.iap_project_number is None:
+            raise ValueError(
+                f"{where}: exposure 'iap' needs iap_audience or iap_project_number (to look "
+                "the audience up); without either the app refuses every request."
+            )
+        if self.history_ttl_days is not None and self.history_ttl_days < 1:
+            raise ValueError(f"{where}: history_ttl_days must be at least 1.")
+        if self.shutdown_grace_s < 0 or self.shutdown_flush_s < 0:
+            raise ValueError(f"{where}: shutdown_grace_s and shutdown_flush_s must be >= 0.")
         if self.exposure != "login" and self.allowed_source_ranges:
             raise ValueError(f"{where}: allowed_source_ranges applies to exposure 'login' only.")
         if self.iap_accessors and self.exposure != "iap":
@@ -229,11 +254,24 @@ class ChatApp(pulumi.ComponentResource):
             _env("GRADIO_TEMP_DIR", "/tmp/gradio"),  # noqa: S108
             _env("MPLCONFIGDIR", "/tmp/matplotlib"),  # noqa: S108
             _env("GRADIO_ANALYTICS_ENABLED", "False"),
+            _env("SHUTDOWN_GRACE_S", str(args.shutdown_grace_s)),
+            _env("SHUTDOWN_FLUSH_S", str(args.shutdown_flush_s)),
         ]
         if args.system_prompt is not None:
             env.append(_env("SYSTEM_PROMPT", args.system_prompt))
-        if args.iap_audience is not None:
+        if args.history_ttl_days is not None:
+            env.append(_env("HISTORY_TTL_DAYS", str(args.history_ttl_days)))
+        if args.exposure == "iap" and args.iap_audience is not None:
             env.append(_env("IAP_AUDIENCE", args.iap_audience))
+        elif args.exposure == "iap" and args.iap_project_number is not None:
+            env.append(_env("IAP_PROJECT_NUMBER", args.iap_project_number))
+            # The `<namespace>-<service>-<port>` part of the GKE Ingress backend service name.
+            env.append(
+                _env(
+                    "IAP_BACKEND_SERVICE",
+                    pulumi.Output.format("{0}-{1}-{2}", args.namespace, args.app_name, CHAT_PORT),
+                )
+            )
 
         if args.id_token_service_account is not None:
             env.append(_env("ID_TOKEN_SERVICE_ACCOUNT", args.id_token_service_account))
@@ -246,25 +284,36 @@ class ChatApp(pulumi.ComponentResource):
                     name=f"{args.app_name}-login", namespace=args.namespace, labels=labels
                 ),
                 type="Opaque",
-                string_data={"credentials": pulumi.Output.secret(args.login_credentials)},
+                string_data={
+                    "credentials": pulumi.Output.secret(args.login_credentials),
+                    "session-key": pulumi.Output.secret(args.session_key or ""),
+                },
                 opts=k8s_opts,
             )
-            env.append(
-                kubernetes.core.v1.EnvVarArgs(
-                    name="LOGIN_CREDENTIALS",
-                    value_from=kubernetes.core.v1.EnvVarSourceArgs(
-                        secret_key_ref=kubernetes.core.v1.SecretKeySelectorArgs(
-                            name=self.login_secret.metadata.apply(
-                                lambda m: m.name or f"{args.app_name}-login"
-                            ),
-                            key="credentials",
-                        )
-                    ),
-                )
+            secret_name = self.login_secret.metadata.apply(
+                lambda m: m.name or f"{args.app_name}-login"
             )
+            for variable, key in (
+                ("LOGIN_CREDENTIALS", "credentials"),
+                ("SESSION_SECRET", "session-key"),
+            ):
+                env.append(
+                    kubernetes.core.v1.EnvVarArgs(
+                        name=variable,
+                        value_from=kubernetes.core.v1.EnvVarSourceArgs(
+                            secret_key_ref=kubernetes.core.v1.SecretKeySelectorArgs(
+                                name=secret_name, key=key
+                            )
+                        ),
+                    )
+                )
 
         resources = {"cpu": args.cpu, "memory": args.memory, "ephemeral-storage": "1Gi"}
+        # Readiness is /healthz, which fails while history writes are stuck, so a replica
+        # that cannot save takes no new chats. Liveness is /livez: restarting such a pod would
+        # drop its queue.
         health = kubernetes.core.v1.HTTPGetActionArgs(path="/healthz", port="http")
+        alive = kubernetes.core.v1.HTTPGetActionArgs(path="/livez", port="http")
         self.deployment = kubernetes.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
@@ -280,6 +329,9 @@ class ChatApp(pulumi.ComponentResource):
                         # Google APIs use the Workload Identity metadata server, not this token.
                         automount_service_account_token=False,
                         security_context=restricted_pod(),
+                        termination_grace_period_seconds=(
+                            args.shutdown_grace_s + args.shutdown_flush_s + SHUTDOWN_MARGIN_S
+                        ),
                         containers=[
                             kubernetes.core.v1.ContainerArgs(
                                 name="chat",
@@ -295,7 +347,7 @@ class ChatApp(pulumi.ComponentResource):
                                     requests=dict(resources), limits=dict(resources)
                                 ),
                                 startup_probe=kubernetes.core.v1.ProbeArgs(
-                                    http_get=health, period_seconds=5, failure_threshold=36
+                                    http_get=alive, period_seconds=5, failure_threshold=36
                                 ),
                                 readiness_probe=kubernetes.core.v1.ProbeArgs(
                                     http_get=health,
@@ -304,7 +356,7 @@ class ChatApp(pulumi.ComponentResource):
                                     failure_threshold=3,
                                 ),
                                 liveness_probe=kubernetes.core.v1.ProbeArgs(
-                                    http_get=health,
+                                    http_get=alive,
                                     period_seconds=20,
                                     timeout_seconds=5,
                                     failure_threshold=3,
@@ -423,6 +475,8 @@ class ChatApp(pulumi.ComponentResource):
                     )
                 ],
                 load_balancer_source_ranges=list(args.allowed_source_ranges) or None,
+                # Keeps the client's address, which the login throttle counts failures by.
+                external_traffic_policy="Local" if args.exposure == "login" else None,
             ),
             opts=pulumi.ResourceOptions.merge(
                 k8s_opts, pulumi.ResourceOptions(depends_on=[self.deployment])

@@ -12,6 +12,9 @@ from components.resource_ids import fixed_id_options
 
 # The chat app's collection (app/chat/history.py) and the fields its conversation list uses.
 SESSIONS_COLLECTION = "chat_sessions"
+MESSAGES_COLLECTION = "messages"
+# The timestamp the app writes on every document when a retention is set; TTL deletes by it.
+EXPIRE_FIELD = "expire_at"
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class ChatHistoryDatabaseArgs:
     database: str = "chat-app-db"
     location: str = "nam5"
     delete_protection: bool = True
+    # Set, Firestore deletes conversations and messages once their `expire_at` has passed
+    # (the app sets it this many days after each write). TTL deletion runs within a day.
+    ttl_days: int | None = None
     depends_on: Sequence[pulumi.Resource] = ()
 
 
@@ -30,6 +36,7 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
 
     database: gcp.firestore.Database
     sessions_index: gcp.firestore.Index
+    ttl_fields: list[gcp.firestore.Field]
     name: pulumi.Output[str]
 
     def __init__(
@@ -78,5 +85,20 @@ class ChatHistoryDatabase(pulumi.ComponentResource):
             ],
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.ttl_fields = [
+            gcp.firestore.Field(
+                f"{name}-{collection.replace('_', '-')}-ttl",
+                project=args.project_id,
+                database=self.database.name,
+                collection=collection,
+                field=EXPIRE_FIELD,
+                ttl_config=gcp.firestore.FieldTtlConfigArgs(),
+                # A timestamp nobody queries: exempt from indexing, as Google advises for TTL.
+                index_config=gcp.firestore.FieldIndexConfigArgs(),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for collection in (SESSIONS_COLLECTION, MESSAGES_COLLECTION)
+            if args.ttl_days is not None
+        ]
         self.name = self.database.name
         self.register_outputs({"name": self.name})

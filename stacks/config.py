@@ -7,6 +7,7 @@ message lists each problem with the `pulumi config set` that fixes it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -172,6 +173,10 @@ class ChatAppConfig:
     iap_audience: str | None = None
     namespace: str = "gemma-stack"
     ksa_name: str = "chat-app"
+    # Days after their last write that conversations and messages expire; None keeps them.
+    history_ttl_days: int | None = None
+    # CIDRs that may reach the login load balancer (exposure=login); empty means any address.
+    login_source_ranges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,7 @@ class ResourceIds:
     suffix: str  # idSuffix, default the stack name
     hf_token_secret: str
     chat_login_secret: str
+    chat_session_secret: str
     build_account: str
     node_account: str
     chat_invoker_account: str
@@ -213,6 +219,7 @@ def resource_ids(suffix: str) -> ResourceIds:
         suffix=suffix,
         hf_token_secret=scoped_id("HF_TOKEN", suffix, 255),
         chat_login_secret=scoped_id("chat-login", suffix, 255),
+        chat_session_secret=scoped_id("chat-session-key", suffix, 255),
         build_account=service_account_id(scoped_id("gemma-build", suffix, 30)),
         node_account=service_account_id(scoped_id("gemma-nodes", suffix, 30)),
         chat_invoker_account=service_account_id(scoped_id("chat-invoker", suffix, 30)),
@@ -249,6 +256,8 @@ class StackConfig:
     preflight: PreflightConfig = PreflightConfig()
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
+    # Signs login sessions; None derives one from chatLoginPassword (see stacks/platform.py).
+    chat_session_key: pulumi.Output[str] | None = field(default=None, repr=False)
 
     @property
     def enabled_cloud_run_services(self) -> tuple[CloudRunServiceConfig, ...]:
@@ -656,7 +665,27 @@ def _parse_chat_app(
         domain=r.optional_text("chatDomain"),
         iap_audience=r.optional_text("chatIapAudience"),
         namespace=namespace,
+        history_ttl_days=r.number("chatHistoryTtlDays", 0) or None,
+        login_source_ranges=r.string_list("chatLoginSourceRanges"),
     )
+    if chat_app.history_ttl_days is not None and chat_app.history_ttl_days < 1:
+        r.problems.append(
+            f"chatHistoryTtlDays={chat_app.history_ttl_days} must be a number of days, at "
+            "least 1 (or unset to keep conversations until they are deleted)."
+        )
+    for cidr in chat_app.login_source_ranges:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            r.problems.append(
+                f"chatLoginSourceRanges entry {cidr!r} must be an address range such as "
+                "203.0.113.0/24 (pulumi config set --path 'chatLoginSourceRanges[0]' ...)."
+            )
+    if chat_app.login_source_ranges and chat_app.exposure != "login":
+        r.problems.append(
+            "chatLoginSourceRanges applies to chatExposure=login only (IAP decides who gets "
+            "in otherwise); unset it or set chatExposure login."
+        )
     if chat_app.iap_audience is not None and not _IAP_AUDIENCE.match(chat_app.iap_audience):
         r.problems.append(
             f"chatIapAudience={chat_app.iap_audience!r} must look like "
@@ -725,6 +754,7 @@ def parse_stack_config(
     stack: str = "dev",
     hf_token: pulumi.Output[str] | None = None,
     chat_login_password: pulumi.Output[str] | None = None,
+    chat_session_key: pulumi.Output[str] | None = None,
 ) -> StackConfig:
     """Build and validate a StackConfig from raw config values.
 
@@ -808,6 +838,7 @@ def parse_stack_config(
         preflight=_parse_preflight(r),
         hf_token=hf_token,
         chat_login_password=chat_login_password,
+        chat_session_key=chat_session_key,
     )
     if config.needs_hf_token and hf_token is None:
         users = []
@@ -848,6 +879,8 @@ STACK_KEYS: tuple[str, ...] = (
     "chatDomain",
     "chatIapAudience",
     "chatSystemPrompt",
+    "chatHistoryTtlDays",
+    "chatLoginSourceRanges",
     "geminiModel",
     "geminiLocation",
     "firestoreDatabase",
@@ -860,7 +893,7 @@ STACK_KEYS: tuple[str, ...] = (
     "requestQuota",
     "quotaContactEmail",
 )
-SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword")
+SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword", "chatSessionKey")
 
 
 def load_stack_config() -> StackConfig:
@@ -881,4 +914,5 @@ def load_stack_config() -> StackConfig:
         stack=pulumi.get_stack(),
         hf_token=ours.get_secret("hfToken"),
         chat_login_password=ours.get_secret("chatLoginPassword"),
+        chat_session_key=ours.get_secret("chatSessionKey"),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ INFERENCE_APP_DIR = Path("app/inference")
 CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
 # The user name for chatExposure=login; the password is the chatLoginPassword secret.
 CHAT_LOGIN_USER = "chat"
+# chatExposure=iap without chatIapAudience: the app lists backend services to find its own.
+CHAT_IAP_LOOKUP_ROLE = "roles/compute.viewer"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class Chat:
     image: pulumi.Output[str]
     # `user:password` for chatExposure=login, kept in Secret Manager; None otherwise.
     login: StoredSecret | None
+    # The key that signs login session cookies (chatExposure=login), in Secret Manager.
+    session_key: StoredSecret | None = None
 
 
 @dataclass(frozen=True)
@@ -242,8 +248,17 @@ def _chat(
         if config.images.chat
         else _image("chat-image", CHAT_APP_DIR, config, registry, apis)
     )
-    login = None
+    login = session_key = None
     if config.chat_app.exposure == "login" and config.chat_login_password is not None:
+        session_key = StoredSecret(
+            "chat-session-key",
+            StoredSecretArgs(
+                project_id=config.project,
+                value=config.chat_session_key or _derived_session_key(config.chat_login_password),
+                secret_id=config.ids.chat_session_secret,
+                depends_on=apis.for_apis("secretmanager"),
+            ),
+        )
         login = StoredSecret(
             "chat-login-credentials",
             StoredSecretArgs(
@@ -260,6 +275,7 @@ def _chat(
             database=config.firestore.database,
             location=config.firestore.location,
             delete_protection=config.firestore.delete_protection,
+            ttl_days=config.chat_app.history_ttl_days,
             depends_on=apis.for_apis("firestore"),
         ),
     )
@@ -271,7 +287,11 @@ def _chat(
             project_number=project_number,
             namespace=gke.namespace_name,
             ksa_name=config.chat_app.ksa_name,
-            project_roles=CHAT_PROJECT_ROLES,
+            project_roles=(
+                (*CHAT_PROJECT_ROLES, CHAT_IAP_LOOKUP_ROLE)
+                if config.chat_app.exposure == "iap" and config.chat_app.iap_audience is None
+                else CHAT_PROJECT_ROLES
+            ),
             k8s_provider=gke.provider,
             depends_on=[
                 gke.namespace,
@@ -297,6 +317,19 @@ def _chat(
         invoker=invoker,
         image=image,
         login=login,
+        session_key=session_key,
+    )
+
+
+def _derived_session_key(password: pulumi.Output[str]) -> pulumi.Output[str]:
+    """A stable session key from the login password (chatSessionKey unset): changing the
+    password then also signs everyone out."""
+    return pulumi.Output.secret(
+        password.apply(
+            lambda p: hmac.new(
+                p.encode(), b"gemma-stack chat session key", hashlib.sha256
+            ).hexdigest()
+        )
     )
 
 

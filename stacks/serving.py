@@ -204,6 +204,10 @@ def _chat_app(platform: Platform, chat: Chat, backends: list[ChatBackend]) -> Ch
             iap_audience=config.chat_app.iap_audience if iap else None,
             iap_accessors=invokers_from(config.chat_app.allowed_users) if iap else {},
             login_credentials=chat.login.stored_value if chat.login is not None else None,
+            session_key=chat.session_key.stored_value if chat.session_key is not None else None,
+            allowed_source_ranges=config.chat_app.login_source_ranges,
+            iap_project_number=platform.project_number if iap else None,
+            history_ttl_days=config.chat_app.history_ttl_days,
             system_prompt=config.chat_app.system_prompt,
             depends_on=(
                 chat.identity,
