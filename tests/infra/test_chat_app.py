@@ -29,6 +29,7 @@ PRINCIPAL = (
     "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/gemma-stack/sa/chat-app"
 )
 LOGIN = "ana:correct-horse-battery,ben:staple-42"
+SESSION_KEY = "k" * 48
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
 
@@ -217,9 +218,33 @@ def test_chat_pod_is_hardened_with_probes_and_limits() -> None:
     assert {m["mountPath"] for m in box["volumeMounts"]} == {"/tmp"}
     for kind in ("requests", "limits"):
         assert set(box["resources"][kind]) >= {"cpu", "memory"}
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert box[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Readiness fails while history writes are stuck; liveness never does (a restart would
+    # drop the queue).
+    assert box["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert box[probe]["httpGet"] == {"path": "/livez", "port": "http"}
+    # SIGTERM: open requests get SHUTDOWN_GRACE_S, queued writes SHUTDOWN_FLUSH_S, within
+    # the pod's grace period.
+    env = {e["name"]: e.get("value") for e in box["env"]}
+    assert (env["SHUTDOWN_GRACE_S"], env["SHUTDOWN_FLUSH_S"]) == ("15", "30")
+    assert spec["terminationGracePeriodSeconds"] == 15 + 30 + 15
     assert "nodeSelector" not in spec  # no GPU for the UI
+
+
+def test_a_configured_iap_audience_and_retention_reach_the_app() -> None:
+    audience = "/projects/123456789012/global/backendServices/42"
+    run = deploy(
+        exposure="iap",
+        iap_domain="chat.example.com",
+        iap_audience=audience,
+        iap_project_number="123456789012",
+        history_ttl_days=30,
+    )
+    env = {k: v.get("value") for k, v in env_of(run).items()}
+    assert env["IAP_AUDIENCE"] == audience
+    assert "IAP_PROJECT_NUMBER" not in env
+    assert env["HISTORY_TTL_DAYS"] == "30"
+    assert "HISTORY_TTL_DAYS" not in {k for k, _ in env_of(deploy()).items()}
 
 
 def test_internal_exposure_is_cluster_ip_only() -> None:
@@ -245,6 +270,7 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
         exposure="iap",
         iap_domain="chat.example.com",
         iap_accessors={"ml-team": "group:ml-team@example.com"},
+        iap_project_number="123456789012",
     )
     service = chat_service(run)
     assert service["spec"]["type"] == "ClusterIP"
@@ -272,7 +298,19 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
     (access,) = run.of_type("gcp:iap/webIamMember:WebIamMember")
     assert access.inputs["role"] == "roles/iap.httpsResourceAccessor"
     assert access.inputs["member"] == "group:ml-team@example.com"
-    assert env_of(run)["AUTH_MODE"]["value"] == "iap"
+    env = {k: v.get("value") for k, v in env_of(run).items()}
+    assert env["AUTH_MODE"] == "iap"
+    # A first deploy has no audience yet: the app looks it up from the Ingress's backend.
+    assert "IAP_AUDIENCE" not in env
+    assert env["IAP_PROJECT_NUMBER"] == "123456789012"
+    assert env["IAP_BACKEND_SERVICE"] == "gemma-stack-chat-app-7860"
+    settings = ChatSettings(
+        chat_backends=env["CHAT_BACKENDS"],
+        auth_mode="iap",
+        iap_project_number=env["IAP_PROJECT_NUMBER"],
+        iap_backend_service=env["IAP_BACKEND_SERVICE"],
+    )
+    assert settings.iap_audience is None
     assert run.outputs["url"] == "https://chat.example.com"
     assert run.outputs["hint"].startswith(
         "Point DNS for chat.example.com at the address of "
@@ -294,22 +332,28 @@ def test_login_exposure_has_app_sign_in_from_a_secret() -> None:
     run = deploy(
         exposure="login",
         login_credentials=pulumi.Output.secret(LOGIN),
+        session_key=pulumi.Output.secret(SESSION_KEY),
         allowed_source_ranges=["203.0.113.0/24"],
     )
     service = chat_service(run)
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["metadata"]["annotations"]["gemma-stack/auth"] == "app-login"
     assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    # The login throttle counts failures per client address, which this keeps.
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
     env = env_of(run)
     assert env["AUTH_MODE"]["value"] == "login"
     secret_ref = env["LOGIN_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
     secrets = [r for r in run.of_type("kubernetes:core/v1:Secret") if r.name == "chat-login"]
     (secret,) = secrets
     assert secret_ref == {"name": secret.inputs["metadata"]["name"], "key": "credentials"}
-    assert secret.inputs["stringData"] == {"credentials": LOGIN}
+    key_ref = env["SESSION_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert key_ref == {"name": secret.inputs["metadata"]["name"], "key": "session-key"}
+    assert secret.inputs["stringData"] == {"credentials": LOGIN, "session-key": SESSION_KEY}
     assert secret.input_is_secret("stringData")
     others = [r.inputs for r in run.resources if r is not secret]
     assert "correct-horse-battery" not in json.dumps(others)
+    assert SESSION_KEY not in json.dumps(others)
     assert run.outputs["url"] == "http://10.128.0.50:7860"
 
 
@@ -317,7 +361,10 @@ def test_login_exposure_has_app_sign_in_from_a_secret() -> None:
     ("changes", "message"),
     [
         ({"exposure": "login"}, "needs login_credentials"),
+        ({"exposure": "login", "login_credentials": "a:b"}, "session_key"),
         ({"exposure": "iap"}, "needs iap_domain"),
+        ({"exposure": "iap", "iap_domain": "c.example.com"}, "iap_audience or iap_project_number"),
+        ({"history_ttl_days": 0}, "at least 1"),
         ({"exposure": "public"}, "exposure must be one of"),
         ({"id_token_service_account": None}, "Google ID tokens"),
         ({"allowed_source_ranges": ["0.0.0.0/0"]}, "exposure 'login' only"),

@@ -358,6 +358,29 @@ def test_iap_needs_allowed_users_and_a_domain_and_login_needs_a_password() -> No
     assert config.chat_app.exposure == "login"
 
 
+def test_chat_retention_and_login_source_ranges() -> None:
+    config = parse(
+        {
+            "gemma-stack:chatExposure": "login",
+            "gemma-stack:chatHistoryTtlDays": "30",
+            "gemma-stack:chatLoginSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
+        },
+        chat_login_password=pulumi.Output.from_input("pw"),
+    )
+    assert config.chat_app.history_ttl_days == 30
+    assert config.chat_app.login_source_ranges == ("203.0.113.0/24", "2001:db8::/32")
+    assert parse({}).chat_app.history_ttl_days is None
+    (message,) = problems({"gemma-stack:chatHistoryTtlDays": "-3"})
+    assert "chatHistoryTtlDays=-3 must be a number of days" in message
+    (message,) = problems(
+        {"gemma-stack:chatExposure": "login", "gemma-stack:chatLoginSourceRanges": ["office"]},
+        chat_login_password=pulumi.Output.from_input("pw"),
+    )
+    assert "chatLoginSourceRanges entry 'office'" in message
+    (message,) = problems({"gemma-stack:chatLoginSourceRanges": ["203.0.113.0/24"]})
+    assert "applies to chatExposure=login only" in message
+
+
 def test_prebuilt_images_skip_builds() -> None:
     config = parse({"gemma-stack:chatImage": "us-docker.pkg.dev/p/r/chat:1"})
     assert not config.builds_chat_image

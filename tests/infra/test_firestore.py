@@ -41,6 +41,19 @@ def test_no_database_without_the_chat_app() -> None:
     assert not run.of_type("gcp:firestore/database:Database")
 
 
+def test_a_retention_sets_firestore_ttl_and_tells_the_app() -> None:
+    run = run_program(overrides={"gemma-stack:chatHistoryTtlDays": 30})
+    fields = run.of_type("gcp:firestore/field:Field")
+    assert sorted(f.inputs["collection"] for f in fields) == ["chat_sessions", "messages"]
+    for field in fields:
+        assert field.inputs["field"] == "expire_at"  # what app/chat/history.py writes
+        assert "ttlConfig" in field.inputs
+        assert field.inputs["database"] == "chat-app-db-dev"
+    (container,) = run.named("chat-deployment").inputs["spec"]["template"]["spec"]["containers"]
+    assert {"name": "HISTORY_TTL_DAYS", "value": "30"} in container["env"]
+    assert not run_program().of_type("gcp:firestore/field:Field")
+
+
 def test_conversation_list_has_its_composite_index() -> None:
     index = run_program().one("gcp:firestore/index:Index")
     assert index.inputs["database"] == "chat-app-db-dev"

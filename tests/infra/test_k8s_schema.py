@@ -112,8 +112,21 @@ def build_everything() -> None:
     backends = [ChatBackend.gemini_on_vertex()]
     for exposure, extra in (
         ("internal", {}),
-        ("iap", {"iap_domain": "chat.example.com", "iap_static_ip_name": "chat-ip"}),
-        ("login", {"login_credentials": pulumi.Output.secret("ana:pw")}),
+        (
+            "iap",
+            {
+                "iap_domain": "chat.example.com",
+                "iap_static_ip_name": "chat-ip",
+                "iap_project_number": "123456789012",
+            },
+        ),
+        (
+            "login",
+            {
+                "login_credentials": pulumi.Output.secret("ana:pw"),
+                "session_key": pulumi.Output.secret("k" * 48),
+            },
+        ),
     ):
         ChatApp(
             f"chat-{exposure}",

@@ -59,7 +59,7 @@ def test_login_credentials_live_in_secret_manager_and_reach_the_pod_by_reference
         }
     )
     secrets = {s.inputs["secretId"] for s in run.of_type("gcp:secretmanager/secret:Secret")}
-    assert secrets == {"HF_TOKEN-dev", "chat-login-dev"}
+    assert secrets == {"HF_TOKEN-dev", "chat-login-dev", "chat-session-key-dev"}
     holders = sorted(r.name for r in run.resources if "s3cret-pw" in json.dumps(r.inputs))
     assert holders == ["chat-login", "chat-login-credentials-version"]
     assert run.named("chat-login").type == "kubernetes:core/v1:Secret"
@@ -67,5 +67,15 @@ def test_login_credentials_live_in_secret_manager_and_reach_the_pod_by_reference
     (container,) = run.named("chat-deployment").inputs["spec"]["template"]["spec"]["containers"]
     (credentials,) = [e for e in container["env"] if e["name"] == "LOGIN_CREDENTIALS"]
     assert "secretKeyRef" in credentials["valueFrom"]
+    # Session cookies are signed with a key kept in Secret Manager too (derived from the
+    # password unless chatSessionKey is set), so every replica and restart accepts them.
+    (session_key,) = [e for e in container["env"] if e["name"] == "SESSION_SECRET"]
+    assert session_key["valueFrom"]["secretKeyRef"]["key"] == "session-key"
+    stored_key = run.named("chat-session-key-version")
+    assert stored_key.input_is_secret("secretData")
+    derived = stored_key.inputs["secretData"]
+    assert len(derived) >= 32
+    assert "s3cret-pw" not in derived
+    assert run.named("chat-login").inputs["stringData"]["session-key"] == derived
     assert run.outputs["chatLoginSecret"] == "chat-login-dev"
     assert run.outputs["chatLoginUser"] == "chat"

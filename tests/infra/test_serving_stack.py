@@ -228,8 +228,14 @@ def test_iap_audience_from_config_makes_the_app_verify_iap_headers() -> None:
         "gemma-stack:chatAllowedUsers": ["group:ml-team@example.com"],
         "gemma-stack:chatDomain": "chat.example.com",
     }
-    (container,) = pod_spec(run_program(overrides=iap).named("chat-deployment"))["containers"]
-    assert "IAP_AUDIENCE" not in {e["name"] for e in container["env"]}
+    first = run_program(overrides=iap)
+    (container,) = pod_spec(first.named("chat-deployment"))["containers"]
+    first_env = {e["name"]: e.get("value") for e in container["env"]}
+    # A first deploy knows no audience: the app looks it up, so it may list backend services.
+    assert "IAP_AUDIENCE" not in first_env
+    assert first_env["IAP_PROJECT_NUMBER"] == first.outputs["projectNumber"]
+    assert first_env["IAP_BACKEND_SERVICE"] == "gemma-stack-chat-app-7860"
+    assert any(r.inputs.get("role") == "roles/compute.viewer" for r in first.resources)
     run = run_program(overrides={**iap, "gemma-stack:chatIapAudience": audience})
     # IAP's API is enabled for this exposure only, before anyone is granted access through it.
     (iap_api,) = [
