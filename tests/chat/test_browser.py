@@ -144,7 +144,7 @@ def test_an_external_image_in_a_reply_is_never_requested(
         leak = f"{host.url}/leak.gif?secret=conversation-text"
         # The image host works: a page of its own origin may load it.
         page.goto(leak)
-        assert host.requests == ["/leak.gif?secret=conversation-text"]
+        assert "/leak.gif?secret=conversation-text" in host.requests
         host.requests.clear()
 
         open_app(page, chat_app.url)
@@ -162,6 +162,7 @@ def test_an_external_image_in_a_reply_is_never_requested(
             timeout=60_000,
         )
         assert page.locator(".message.bot img").count() >= 1
-        assert host.requests == [], f"the browser fetched {host.requests}"
+        leaked = [path for path in host.requests if path.startswith("/leak.gif")]
+        assert leaked == [], f"the browser fetched {leaked}"
     finally:
         host.stop()
