@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LONG_HISTORY = 400
 STREAMS_AT_FULL_RATE = 10
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
+NOT_YOURS = "That conversation does not exist or is not yours."
 # The sliders' ranges; the handler checks them again, as an API caller can send anything.
 TEMPERATURE = (0.1, 1.0)
 TOP_P = (0.1, 1.0)
@@ -151,6 +152,8 @@ class ChatUI:
             return browser_id or "", gr.update(choices=[]), [], f"⚠️ {err}"
         who = owner.partition(":")[2] if self.settings.auth_mode != "none" else None
         badge = f"Signed in as **{who}**" if who else "Conversations are kept for this browser."
+        if self.settings.auth_mode == "login":
+            badge += " · [Sign out](logout)"
         try:
             sessions = await self.history.list_sessions(owner, self.settings.conversation_list_size)
         except HistoryUnavailableError:
@@ -376,14 +379,11 @@ class ChatUI:
             owner = await self._owner(request, browser_id)
             messages = await self.history.load(owner, session_id)
         except IdentityError as err:
-            gr.Warning(str(err))
-            return skip, skip, skip
+            return self._unchanged(str(err))
         except HistoryUnavailableError:
-            gr.Warning("History is unreachable right now; try again in a moment.")
-            return skip, skip, skip
+            return self._unchanged("History is unreachable right now; try again in a moment.")
         if messages is None:
-            gr.Warning("That conversation does not exist or is not yours.")
-            return skip, skip, skip
+            return self._unchanged(NOT_YOURS)
         conversation = Conversation(owner=owner, session_id=session_id, messages=messages)
         last_backend = next(
             (
@@ -397,6 +397,13 @@ class ChatUI:
         failed = self.history.failed_in(session_id)
         return to_chatbot(messages, failed), conversation, backend_update
 
+    @staticmethod
+    def _unchanged(warning: str) -> tuple[Any, Any, Any]:
+        """Warn the user and leave the three outputs as they are."""
+        gr.Warning(warning)
+        skip = gr.skip()
+        return skip, skip, skip
+
     async def delete(
         self,
         conversation: Conversation | None,
@@ -405,24 +412,21 @@ class ChatUI:
         request: gr.Request,
     ) -> tuple[Any, Any, Any]:
         """Delete the open conversation and every message of it, from Firestore too."""
-        skip = gr.skip()
         if conversation is None or not conversation.messages:
-            gr.Info("Open a conversation first; there is nothing to delete.")
-            return skip, skip, skip
+            return self._unchanged("Open a conversation first; there is nothing to delete.")
         try:
             owner = await self._owner(request, browser_id)
             deleted = owner == conversation.owner and await self.history.delete(
                 owner, conversation.session_id
             )
         except IdentityError as err:
-            gr.Warning(str(err))
-            return skip, skip, skip
+            return self._unchanged(str(err))
         except HistoryUnavailableError:
-            gr.Warning("History is unreachable right now; nothing was deleted. Try again soon.")
-            return skip, skip, skip
+            return self._unchanged(
+                "History is unreachable right now; nothing was deleted. Try again soon."
+            )
         if not deleted:
-            gr.Warning("That conversation does not exist or is not yours.")
-            return skip, skip, skip
+            return self._unchanged(NOT_YOURS)
         gr.Info("The conversation and all its messages are deleted.")
         remaining = [c for c in choices or [] if c[1] != conversation.session_id]
         return [], None, remaining
