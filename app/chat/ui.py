@@ -152,8 +152,6 @@ class ChatUI:
             return browser_id or "", gr.update(choices=[]), [], f"⚠️ {err}"
         who = owner.partition(":")[2] if self.settings.auth_mode != "none" else None
         badge = f"Signed in as **{who}**" if who else "Conversations are kept for this browser."
-        if self.settings.auth_mode == "login":
-            badge += " · [Sign out](logout)"
         try:
             sessions = await self.history.list_sessions(owner, self.settings.conversation_list_size)
         except HistoryUnavailableError:
@@ -456,6 +454,8 @@ class ChatUI:
                     elem_id="conversation-list",
                 )
                 who = gr.Markdown()
+                if settings.auth_mode == "login":
+                    gr.Button("Sign out", link="logout", size="sm", variant="secondary")
             gr.Markdown(
                 "# Gemma Stack Chat\nSelf-hosted Gemma and Gemini side by side; "
                 "every conversation is kept.",

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from devtools.processes import ServerProcess
-from tests.chat.stack import ECHO, GEMINI_API, REPLY, ROOT
+from tests.chat.stack import ECHO, GEMINI_API, REPLY, ROOT, USERS
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "chat-screenshot.png"
@@ -166,3 +166,24 @@ def test_an_external_image_in_a_reply_is_never_requested(
         assert leaked == [], f"the browser fetched {leaked}"
     finally:
         host.stop()
+
+
+@pytest.mark.browser
+def test_login_mode_signs_in_through_its_own_page(
+    page: Page, login_chat_app: ServerProcess
+) -> None:
+    page.goto(login_chat_app.url)
+    page.wait_for_url("**/login")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("not her password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=30_000)
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill(USERS["alice"])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as alice").wait_for(timeout=60_000)
+    ask(page, FIRST, 0)
+    page.get_by_text("Sign out", exact=True).click()
+    page.wait_for_url("**/login")
+    page.goto(login_chat_app.url)
+    page.wait_for_url("**/login")
