@@ -137,6 +137,13 @@ class ChatHistory:
         """Messages accepted but not yet confirmed by Firestore."""
         return len(self._pending)
 
+    @property
+    def oldest_pending_s(self) -> float:
+        """Seconds the oldest unconfirmed message has waited; 0 when none waits."""
+        if not self._pending:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self._pending[0].message.created_at).total_seconds())
+
     # -- writes ----------------------------------------------------------------------------
 
     def append(self, session_id: str, owner: str, message: StoredMessage) -> None:
@@ -230,16 +237,16 @@ class ChatHistory:
         await write.commit(retry=None, timeout=self.request_timeout_s)
 
     async def close(self, flush_timeout: float = 10.0) -> None:
-        """Flush the queue; what Firestore still refuses is logged in full, never silently lost."""
+        """Flush the queue; each message Firestore still refuses is logged (never its content)."""
         if self._pending and not await self.flush(flush_timeout):
             for item in self._pending:
                 log.error(
-                    "unsaved chat message: session=%s owner=%s seq=%d role=%s content=%r",
+                    "unsaved chat message: session=%s owner=%s seq=%d role=%s characters=%d",
                     item.session_id,
                     item.owner,
                     item.message.seq,
                     item.message.role,
-                    item.message.content,
+                    len(item.message.content),
                 )
         if self._writer is not None:
             self._writer.cancel()

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from app.chat.backends import ChatBackend, make_backend
 from app.chat.history import ChatHistory
 from app.chat.identity import OwnerResolver
+from app.chat.logs import RequestLog
+from app.chat.metrics import serve_metrics
 from app.chat.settings import ChatSettings
 from app.chat.ui import CSS, ChatUI
 
@@ -49,6 +51,8 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
         # Always 200 while serving: a Firestore outage is absorbed by the writer, not a restart.
         return {"status": "ok", "pending_writes": history.pending}
 
+    serve_metrics(api, history)
+    api.add_middleware(RequestLog, project=settings.google_cloud_project)
     ui = ChatUI(settings, history, backends, OwnerResolver(settings))
     auth = list(settings.login_users().items()) if settings.auth_mode == "login" else None
     # mount_gradio_app returns the app it mounted on, but carries no return type.

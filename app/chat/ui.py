@@ -21,6 +21,7 @@ from app.chat.history import (
     title_for,
 )
 from app.chat.identity import IdentityError, OwnerResolver, new_browser_id
+from app.chat.metrics import watch_reply
 from app.chat.settings import BackendConfig, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ class ChatUI:
         # Ask the model before echoing the user's message, so both overlap.
         turns = to_turns(conversation.messages)
         backend = self.backends[backend_config.id]
-        pieces = aiter(backend.stream(turns, system_prompt or "", sampling))
+        pieces = aiter(
+            watch_reply(backend_config.id, backend.stream(turns, system_prompt or "", sampling))
+        )
         next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
         reply = ""
         error: str | None = "the reply was interrupted (the browser disconnected)"
