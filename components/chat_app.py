@@ -12,6 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.pod_monitoring import collector_peer, pod_monitoring
 from components.pod_security import restricted_container, restricted_pod
 
 BackendKind = Literal["openai", "gemini"]
@@ -19,6 +20,7 @@ BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
+APP_NAME = "chat-app"
 # Where Google's external Application Load Balancers and their health checks connect from.
 GOOGLE_FRONT_END_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 AUTH_ANNOTATION = "gemma-stack/auth"
@@ -157,7 +159,7 @@ class ChatAppArgs:
     # CIDRs allowed to reach the `login` LoadBalancer; empty means any address.
     allowed_source_ranges: Sequence[str] = ()
     system_prompt: str | None = None
-    app_name: str = "chat-app"
+    app_name: str = APP_NAME
     replicas: int = 1
     cpu: str = "1"
     memory: str = "2Gi"
@@ -342,12 +344,16 @@ class ChatApp(pulumi.ComponentResource):
         # Users arrive on the app port only (port-forward, the IAP or the login load balancer).
         # Behind IAP the app trusts IAP's identity header, so only Google's front ends (the
         # load balancer and its health checks) may connect; no pod can forge a user.
+        # Managed Prometheus's collectors scrape /metrics on the same port.
         sources = (
             [
-                kubernetes.networking.v1.NetworkPolicyPeerArgs(
-                    ip_block=kubernetes.networking.v1.IPBlockArgs(cidr=cidr)
-                )
-                for cidr in GOOGLE_FRONT_END_RANGES
+                *(
+                    kubernetes.networking.v1.NetworkPolicyPeerArgs(
+                        ip_block=kubernetes.networking.v1.IPBlockArgs(cidr=cidr)
+                    )
+                    for cidr in GOOGLE_FRONT_END_RANGES
+                ),
+                collector_peer(),
             ]
             if args.exposure == "iap"
             else None
@@ -371,6 +377,14 @@ class ChatApp(pulumi.ComponentResource):
                     )
                 ],
             ),
+            opts=k8s_opts,
+        )
+        self.pod_monitoring = pod_monitoring(
+            f"{name}-metrics",
+            object_name=args.app_name,
+            namespace=args.namespace,
+            labels=labels,
+            port="http",
             opts=k8s_opts,
         )
         self.service_name = self.service.metadata.apply(lambda m: m.name or args.app_name)

@@ -17,6 +17,7 @@ from components.cloud_run_gpu_service import (
     prebuilt_gemma,
     vllm_gemma,
 )
+from components.custom_metrics_adapter import CustomMetricsAdapter, CustomMetricsAdapterArgs
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from stacks.backends import cloud_run_backend, gke_backend
@@ -52,6 +53,7 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         outputs["gemmaEndpoint"] = gemma.url
         outputs["gemmaServedModel"] = gemma.served_model_name
         outputs["gemmaAccessCommand"] = gemma.access_command
+        outputs["gemmaPendingCommand"] = gemma.pending_command
 
     urls: dict[str, pulumi.Output[str]] = {}
     curls: dict[str, pulumi.Output[str]] = {}
@@ -96,6 +98,20 @@ def _gemma_on_gke(platform: Platform, gke: Gke) -> GemmaOnGke:
             depends_on=[gke.namespace],
         ),
     )
+    scaling: tuple[pulumi.Resource, ...] = ()
+    if config.max_replicas > config.min_replicas:
+        # The HPA reads vllm:num_requests_waiting from Cloud Monitoring through the adapter.
+        scaling = (
+            CustomMetricsAdapter(
+                "custom-metrics",
+                CustomMetricsAdapterArgs(
+                    project_id=platform.project_id,
+                    project_number=platform.project_number,
+                    k8s_provider=gke.provider,
+                    depends_on=(gke.cluster.cluster,),
+                ),
+            ),
+        )
     hf_token: pulumi.Output[str] | None = None
     if config.model is None:
         if platform.hf_token is None:
@@ -121,7 +137,10 @@ def _gemma_on_gke(platform: Platform, gke: Gke) -> GemmaOnGke:
             gcs_bucket=config.model.bucket if config.model else None,
             gcs_path=config.model.path if config.model else "",
             image=config.vllm_image,
-            depends_on=(identity,),
+            min_replicas=config.min_replicas,
+            max_replicas=config.max_replicas,
+            queue_target=config.queue_target,
+            depends_on=(identity, *scaling),
         ),
     )
 

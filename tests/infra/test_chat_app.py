@@ -282,9 +282,11 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
     # The app trusts IAP's identity header: only Google's front ends may connect.
     policy = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy", "chat-ingress")
     (rule,) = policy.inputs["spec"]["ingress"]
+    # Google's front ends, and Managed Prometheus's collectors for /metrics.
     assert rule["from"] == [
         {"ipBlock": {"cidr": "130.211.0.0/22"}},
         {"ipBlock": {"cidr": "35.191.0.0/16"}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}},
     ]
     assert rule["ports"] == [{"port": 7860, "protocol": "TCP"}]
     assert all(s.inputs["spec"]["type"] != "LoadBalancer" for s in run.of_type(SERVICE))
