@@ -228,6 +228,27 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
+        # Only the API server calls it (from the control plane), on its one port.
+        kubernetes.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE, labels=labels
+            ),
+            spec=kubernetes.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=kubernetes.meta.v1.LabelSelectorArgs(match_labels=labels),
+                policy_types=["Ingress"],
+                ingress=[
+                    kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        ports=[
+                            kubernetes.networking.v1.NetworkPolicyPortArgs(
+                                port=SECURE_PORT, protocol="TCP"
+                            )
+                        ]
+                    )
+                ],
+            ),
+            opts=in_namespace,
+        )
         self.api_services = [
             kubernetes.apiregistration.v1.APIService(
                 f"{name}-{version}",
