@@ -6,8 +6,8 @@ custom metrics API (custom.metrics.k8s.io) from Cloud Monitoring, where an HPA n
 Prometheus gauge as `prometheus.googleapis.com|<metric>|gauge`. Objects follow the
 adapter's `deploy/production/adapter_new_resource_model.yaml` (GoogleCloudPlatform/
 k8s-stackdriver), hardened: non-root on an unprivileged port, read-only root filesystem,
-and its own Workload Identity with roles/monitoring.viewer only. The external metrics API
-is left out: nothing here scales on metrics of non-Kubernetes resources.
+and its own Workload Identity (made by the stack) with roles/monitoring.viewer only. The
+external metrics API is left out: nothing here scales on metrics of non-Kubernetes resources.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as kubernetes
 
-from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from components.pod_security import restricted_container, restricted_pod
 
 ADAPTER_IMAGE = "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.15.1-gke.0"
@@ -32,22 +31,19 @@ CUSTOM_METRICS_VERSIONS = (("v1beta1", 100), ("v1beta2", 200))
 
 @dataclass(frozen=True)
 class CustomMetricsAdapterArgs:
-    """Where the adapter runs and the project whose Cloud Monitoring it reads."""
+    """The adapter's namespace and its Kubernetes service account, whose Workload Identity
+    principal holds roles/monitoring.viewer (both made by the stack, ADAPTER_NAMESPACE and
+    ADAPTER_NAME by convention)."""
 
-    project_id: pulumi.Input[str]
-    project_number: pulumi.Input[str]
     k8s_provider: pulumi.ProviderResource
+    namespace: pulumi.Input[str]
+    ksa_name: pulumi.Input[str]
     image: str = ADAPTER_IMAGE
     depends_on: Sequence[pulumi.Resource] = ()
 
 
-def prometheus_pod_metric(metric: str) -> str:
-    """How the adapter names a Managed Prometheus gauge to an HPA's `pods` metric."""
-    return f"prometheus.googleapis.com|{metric}|gauge"
-
-
 class CustomMetricsAdapter(pulumi.ComponentResource):
-    """The adapter's namespace, identity, RBAC, Deployment, Service and APIServices."""
+    """The adapter's RBAC, Deployment, Service, NetworkPolicy and APIServices."""
 
     deployment: kubernetes.apps.v1.Deployment
     api_services: list[kubernetes.apiregistration.v1.APIService]
@@ -63,29 +59,8 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
             parent=self, provider=args.k8s_provider, depends_on=list(args.depends_on)
         )
         labels = {"k8s-app": ADAPTER_NAME, "app.kubernetes.io/part-of": "gemma-stack"}
-        self.namespace = kubernetes.core.v1.Namespace(
-            f"{name}-namespace",
-            metadata=kubernetes.meta.v1.ObjectMetaArgs(name=ADAPTER_NAMESPACE, labels=labels),
-            opts=k8s,
-        )
-        in_namespace = pulumi.ResourceOptions.merge(
-            k8s, pulumi.ResourceOptions(depends_on=[self.namespace])
-        )
-        self.identity = WorkloadIdentity(
-            f"{name}-identity",
-            WorkloadIdentityArgs(
-                project_id=args.project_id,
-                project_number=args.project_number,
-                namespace=ADAPTER_NAMESPACE,
-                ksa_name=ADAPTER_NAME,
-                project_roles=["roles/monitoring.viewer"],
-                k8s_provider=args.k8s_provider,
-                depends_on=[self.namespace, *args.depends_on],
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
         subject = kubernetes.rbac.v1.SubjectArgs(
-            kind="ServiceAccount", name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE
+            kind="ServiceAccount", name=args.ksa_name, namespace=args.namespace
         )
 
         def cluster_binding(suffix: str, role: str) -> kubernetes.rbac.v1.ClusterRoleBinding:
@@ -96,7 +71,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role
                 ),
                 subjects=[subject],
-                opts=in_namespace,
+                opts=k8s,
             )
 
         # Delegated authentication and authorization of the API server's calls.
@@ -112,7 +87,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                 name="extension-apiserver-authentication-reader",
             ),
             subjects=[subject],
-            opts=in_namespace,
+            opts=k8s,
         )
         # Reads pods and nodes to map Cloud Monitoring series onto Kubernetes objects.
         reader = kubernetes.rbac.v1.ClusterRole(
@@ -125,7 +100,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     verbs=["get", "list", "watch"],
                 )
             ],
-            opts=in_namespace,
+            opts=k8s,
         )
         kubernetes.rbac.v1.ClusterRoleBinding(
             f"{name}-resource-reader-binding",
@@ -136,7 +111,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                 name=reader.metadata.apply(lambda m: m.name or "custom-metrics-resource-reader"),
             ),
             subjects=[subject],
-            opts=in_namespace,
+            opts=k8s,
         )
 
         # The generic API server answers /readyz and /livez without authentication.
@@ -154,7 +129,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
         self.deployment = kubernetes.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
-                name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE, labels=labels
+                name=ADAPTER_NAME, namespace=args.namespace, labels=labels
             ),
             spec=kubernetes.apps.v1.DeploymentSpecArgs(
                 replicas=1,
@@ -162,7 +137,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                 template=kubernetes.core.v1.PodTemplateSpecArgs(
                     metadata=kubernetes.meta.v1.ObjectMetaArgs(labels=labels),
                     spec=kubernetes.core.v1.PodSpecArgs(
-                        service_account_name=self.identity.ksa_name,
+                        service_account_name=args.ksa_name,
                         # It serves an API for the API server, so it needs its own token.
                         automount_service_account_token=True,
                         security_context=restricted_pod(),
@@ -208,14 +183,12 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=pulumi.ResourceOptions.merge(
-                in_namespace, pulumi.ResourceOptions(depends_on=[self.identity])
-            ),
+            opts=k8s,
         )
         service = kubernetes.core.v1.Service(
             f"{name}-service",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
-                name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE, labels=labels
+                name=ADAPTER_NAME, namespace=args.namespace, labels=labels
             ),
             spec=kubernetes.core.v1.ServiceSpecArgs(
                 type="ClusterIP",
@@ -226,13 +199,13 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     )
                 ],
             ),
-            opts=in_namespace,
+            opts=k8s,
         )
         # Only the API server calls it (from the control plane), on its one port.
         kubernetes.networking.v1.NetworkPolicy(
             f"{name}-ingress",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
-                name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE, labels=labels
+                name=ADAPTER_NAME, namespace=args.namespace, labels=labels
             ),
             spec=kubernetes.networking.v1.NetworkPolicySpecArgs(
                 pod_selector=kubernetes.meta.v1.LabelSelectorArgs(match_labels=labels),
@@ -247,7 +220,7 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     )
                 ],
             ),
-            opts=in_namespace,
+            opts=k8s,
         )
         self.api_services = [
             kubernetes.apiregistration.v1.APIService(
@@ -263,11 +236,11 @@ class CustomMetricsAdapter(pulumi.ComponentResource):
                     # The adapter's certificate is self-signed, as upstream deploys it.
                     insecure_skip_tls_verify=True,
                     service=kubernetes.apiregistration.v1.ServiceReferenceArgs(
-                        name=ADAPTER_NAME, namespace=ADAPTER_NAMESPACE, port=443
+                        name=ADAPTER_NAME, namespace=args.namespace, port=443
                     ),
                 ),
                 opts=pulumi.ResourceOptions.merge(
-                    in_namespace, pulumi.ResourceOptions(depends_on=[service, self.deployment])
+                    k8s, pulumi.ResourceOptions(depends_on=[service, self.deployment])
                 ),
             )
             for version, priority in CUSTOM_METRICS_VERSIONS

@@ -8,9 +8,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
-from components.custom_metrics_adapter import prometheus_pod_metric
 from components.gpu_software import VLLM_IMAGE, vllm_image_cuda
-from components.pod_monitoring import collector_peer, pod_monitoring
+from components.pod_monitoring import collector_peer, pod_monitoring, prometheus_pod_metric
 from components.pod_security import restricted_container, restricted_pod
 
 VLLM_PORT = 8000

@@ -53,6 +53,12 @@ def pod_monitoring(
     )
 
 
+def prometheus_pod_metric(metric: str) -> str:
+    """How the Custom Metrics Stackdriver Adapter names a Managed Prometheus gauge to an HPA's
+    `pods` metric."""
+    return f"prometheus.googleapis.com|{metric}|gauge"
+
+
 def collector_peer() -> kubernetes.networking.v1.NetworkPolicyPeerArgs:
     """The managed collectors' pods, which a NetworkPolicy must let reach the metrics port."""
     return kubernetes.networking.v1.NetworkPolicyPeerArgs(

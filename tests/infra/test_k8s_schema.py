@@ -95,7 +95,9 @@ def build_everything() -> None:
     CustomMetricsAdapter(
         "adapter",
         CustomMetricsAdapterArgs(
-            project_id="my-gcp-project", project_number="123456789012", k8s_provider=provider
+            k8s_provider=provider,
+            namespace="custom-metrics",
+            ksa_name="custom-metrics-stackdriver-adapter",
         ),
     )
     for variant, sizing in GEMMA_SIZING.items():
@@ -162,8 +164,6 @@ def test_every_kind_the_components_render_is_covered() -> None:
         "ManagedCertificate",
         "PodMonitoring",
         "HorizontalPodAutoscaler",
-        "Namespace",
-        "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
         "RoleBinding",

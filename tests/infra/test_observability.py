@@ -112,7 +112,13 @@ def test_the_adapter_serves_custom_metrics_with_least_privilege(dev: ProgramRun)
         if b.inputs["member"] == principal
     }
     assert roles == {"roles/monitoring.viewer"}
-    assert dev.waits_for(dev.one(HPA), dev.named("custom-metrics-v1beta1"))
+    ksa = dev.named("custom-metrics-ksa")
+    assert ksa.inputs["metadata"] == {
+        "name": "custom-metrics-stackdriver-adapter",
+        "namespace": "custom-metrics",
+        "labels": {"app.kubernetes.io/part-of": "gemma-stack"},
+    }
+    assert dev.waits_for(adapter, ksa)
 
 
 def test_equal_bounds_fix_the_count_without_hpa_or_adapter() -> None:

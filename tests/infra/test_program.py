@@ -217,8 +217,9 @@ def test_token_value_appears_only_in_secret_manager_and_the_pod_secret(dev: Prog
 def test_children_are_parented_to_their_components(dev: ProgramRun) -> None:
     top_level = {r.name for r in dev.resources if r.parent_type == "pulumi:pulumi:Stack"}
     components = {r.name for r in dev.resources if not r.custom}
-    # Only components and the shared workloads namespace sit at the top of the stack.
-    assert top_level - components <= {"workloads-namespace"}
+    # Only components and the namespaces shared by a component and its identity (the
+    # workloads' and the metrics adapter's) sit at the top of the stack.
+    assert top_level - components <= {"workloads-namespace", "custom-metrics-namespace"}
     for resource in dev.resources:
         if resource.custom and resource.parent_type.startswith("gemma-stack:"):
             parent = dev.by_urn(resource.parent)
