@@ -20,6 +20,8 @@ BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
+# GET /metrics for Managed Prometheus; no Service offers it, so no load balancer exposes it.
+METRICS_PORT = 9090
 APP_NAME = "chat-app"
 # Where Google's external Application Load Balancers and their health checks connect from.
 GOOGLE_FRONT_END_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
@@ -225,6 +227,7 @@ class ChatApp(pulumi.ComponentResource):
             _env("GOOGLE_CLOUD_PROJECT", args.project_id),
             _env("FIRESTORE_DATABASE", args.firestore_database),
             _env("PORT", str(CHAT_PORT)),
+            _env("METRICS_PORT", str(METRICS_PORT)),
             _env("AUTH_MODE", _AUTH_MODE[args.exposure]),
             # The root filesystem is read-only; Gradio and libraries write under /tmp.
             _env("HOME", "/tmp"),  # noqa: S108
@@ -291,7 +294,10 @@ class ChatApp(pulumi.ComponentResource):
                                 ports=[
                                     kubernetes.core.v1.ContainerPortArgs(
                                         name="http", container_port=CHAT_PORT, protocol="TCP"
-                                    )
+                                    ),
+                                    kubernetes.core.v1.ContainerPortArgs(
+                                        name="metrics", container_port=METRICS_PORT, protocol="TCP"
+                                    ),
                                 ],
                                 resources=kubernetes.core.v1.ResourceRequirementsArgs(
                                     requests=dict(resources), limits=dict(resources)
@@ -344,16 +350,12 @@ class ChatApp(pulumi.ComponentResource):
         # Users arrive on the app port only (port-forward, the IAP or the login load balancer).
         # Behind IAP the app trusts IAP's identity header, so only Google's front ends (the
         # load balancer and its health checks) may connect; no pod can forge a user.
-        # Managed Prometheus's collectors scrape /metrics on the same port.
         sources = (
             [
-                *(
-                    kubernetes.networking.v1.NetworkPolicyPeerArgs(
-                        ip_block=kubernetes.networking.v1.IPBlockArgs(cidr=cidr)
-                    )
-                    for cidr in GOOGLE_FRONT_END_RANGES
-                ),
-                collector_peer(),
+                kubernetes.networking.v1.NetworkPolicyPeerArgs(
+                    ip_block=kubernetes.networking.v1.IPBlockArgs(cidr=cidr)
+                )
+                for cidr in GOOGLE_FRONT_END_RANGES
             ]
             if args.exposure == "iap"
             else None
@@ -374,7 +376,16 @@ class ChatApp(pulumi.ComponentResource):
                                 port=CHAT_PORT, protocol="TCP"
                             )
                         ],
-                    )
+                    ),
+                    # Only Managed Prometheus's collectors reach the metrics port.
+                    kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[collector_peer()],
+                        ports=[
+                            kubernetes.networking.v1.NetworkPolicyPortArgs(
+                                port=METRICS_PORT, protocol="TCP"
+                            )
+                        ],
+                    ),
                 ],
             ),
             opts=k8s_opts,
@@ -384,7 +395,7 @@ class ChatApp(pulumi.ComponentResource):
             object_name=args.app_name,
             namespace=args.namespace,
             labels=labels,
-            port="http",
+            port="metrics",
             opts=k8s_opts,
         )
         self.service_name = self.service.metadata.apply(lambda m: m.name or args.app_name)

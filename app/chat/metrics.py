@@ -1,4 +1,8 @@
-"""Prometheus metrics of the chat app at GET /metrics: replies per backend and history writes.
+"""Prometheus metrics of the chat app: replies per backend and history writes.
+
+They are served on a port of their own (METRICS_PORT, GET /metrics; the stack sets 9090),
+which no Service or load balancer exposes: with chatExposure=login the app port is public,
+its metrics are not.
 
 Reply metrics use vLLM's core names under a `chat:` prefix (requests running, time to first
 token, inter-token latency), measured as a user sees them: from asking the backend to each
@@ -9,17 +13,9 @@ read the writer's own counters at scrape time, so a stuck writer shows even when
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-from fastapi import FastAPI, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -49,7 +45,7 @@ MESSAGES = Counter(
 )  # fmt: skip
 
 
-class _HistoryCollector(Collector):
+class HistoryMetrics(Collector):
     """The history writer's failures and backlog, read when Prometheus scrapes."""
 
     def __init__(self, history: ChatHistory) -> None:
@@ -73,20 +69,24 @@ class _HistoryCollector(Collector):
         )
 
 
-_history_collector: _HistoryCollector | None = None
+def serve_metrics(history: ChatHistory, host: str, port: int) -> Callable[[], None]:
+    """Serve GET /metrics on `host:port` with `history`'s writer; returns what stops it.
 
+    Port 0 serves nothing (local runs, where several apps share one machine).
+    """
+    if port == 0:
+        return lambda: None
+    collector = HistoryMetrics(history)
+    REGISTRY.register(collector)
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
 
-def serve_metrics(app: FastAPI, history: ChatHistory) -> None:
-    """Add GET /metrics to `app`, reporting this app's history writer."""
-    global _history_collector  # noqa: PLW0603 - one writer per process; tests build several apps
-    if _history_collector is not None:
-        REGISTRY.unregister(_history_collector)
-    _history_collector = _HistoryCollector(history)
-    REGISTRY.register(_history_collector)
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        REGISTRY.unregister(collector)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return stop
 
 
 async def watch_reply(backend: str, pieces: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -39,7 +39,9 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop_metrics = serve_metrics(history, settings.host, settings.metrics_port)
         yield
+        stop_metrics()
         await history.close()
         for backend in backends.values():
             await backend.aclose()
@@ -51,7 +53,6 @@ def create_app(settings: ChatSettings, history: ChatHistory | None = None) -> Fa
         # Always 200 while serving: a Firestore outage is absorbed by the writer, not a restart.
         return {"status": "ok", "pending_writes": history.pending}
 
-    serve_metrics(api, history)
     api.add_middleware(RequestLog, project=settings.google_cloud_project)
     ui = ChatUI(settings, history, backends, OwnerResolver(settings))
     auth = list(settings.login_users().items()) if settings.auth_mode == "login" else None

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import promql_parser
 import pytest
-from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from app.chat import metrics as chat_metrics
 from app.chat.history import ChatHistory
@@ -151,8 +151,12 @@ def test_bad_scaling_and_alert_settings_fail_before_any_resource(
     assert recorded == []
 
 
-@pytest.mark.parametrize(("name", "port"), [("gemma-service", 8000), ("chat-app", 7860)])
-def test_managed_prometheus_scrapes_each_workload(dev: ProgramRun, name: str, port: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "port_name", "port"), [("gemma-service", "http", 8000), ("chat-app", "metrics", 9090)]
+)
+def test_managed_prometheus_scrapes_each_workload(
+    dev: ProgramRun, name: str, port_name: str, port: int
+) -> None:
     monitoring = next(
         m for m in dev.of_type(POD_MONITORING) if m.inputs["metadata"]["name"] == name
     )
@@ -161,9 +165,24 @@ def test_managed_prometheus_scrapes_each_workload(dev: ProgramRun, name: str, po
     assert spec["selector"] == {"matchLabels": workload.inputs["spec"]["selector"]["matchLabels"]}
     assert monitoring.inputs["metadata"]["namespace"] == "gemma-stack"
     (endpoint,) = spec["endpoints"]
-    assert endpoint == {"port": "http", "path": "/metrics", "interval": "30s", "timeout": "10s"}
-    ports = {p["name"]: p["containerPort"] for p in pod_spec(workload)["containers"][0]["ports"]}
-    assert ports["http"] == port
+    assert endpoint == {
+        "port": port_name,
+        "path": "/metrics",
+        "interval": "30s",
+        "timeout": "10s",
+    }
+    (container,) = pod_spec(workload)["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[port_name] == port
+    if name == "chat-app":
+        # The app reads its metrics port from the environment; no Service offers it.
+        assert {"name": "METRICS_PORT", "value": "9090"} in container["env"]
+        service = next(
+            s
+            for s in dev.of_type("kubernetes:core/v1:Service")
+            if s.inputs["metadata"]["name"] == name
+        )
+        assert [p["port"] for p in service.inputs["spec"]["ports"]] == [7860]
 
 
 # --------------------------------------------------------------------------- dashboards
@@ -290,10 +309,13 @@ def _exported(registry: Any) -> set[str]:
     return names
 
 
-# What our apps export (vLLM's own names mirror the inference app's); the chat app's history
-# series appear once an app is served with a history (which connects to nothing until used).
-chat_metrics.serve_metrics(FastAPI(), ChatHistory(None, "chat-app-db"))
-APP_METRICS = _exported(inference_metrics.REGISTRY) | _exported(chat_metrics.REGISTRY)
+# What our apps export (vLLM's own names mirror the inference app's), with the chat app's
+# history series (a ChatHistory connects to nothing until used).
+_history = CollectorRegistry()
+_history.register(chat_metrics.HistoryMetrics(ChatHistory(None, "chat-app-db")))
+APP_METRICS = (
+    _exported(inference_metrics.REGISTRY) | _exported(chat_metrics.REGISTRY) | _exported(_history)
+)
 # Series only vLLM, GKE and Cloud Run provide.
 PLATFORM_METRICS = {
     "http_requests_total",
