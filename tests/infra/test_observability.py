@@ -501,3 +501,12 @@ def test_outputs_give_the_dashboard_urls_and_the_pending_reason_command(dev: Pro
     assert command.startswith("kubectl -n gemma-stack get events ")
     assert "--field-selector involvedObject.kind=Pod" in command
     assert command.endswith("| grep -E '^TIME|gemma-service-'")
+
+
+def test_finetuned_cloud_run_logs_can_name_their_traces() -> None:
+    service = {"name": "gemma-sql", "flavour": "finetuned", "modelUri": "gs://team-models/sql"}
+    run = run_program(overrides={"gemma-stack:cloudRunServices": [service]})
+    (deployed,) = run.of_type("gcp:cloudrunv2/service:Service")
+    (container,) = deployed.inputs["template"]["containers"]
+    envs = {e["name"]: e.get("value") for e in container["envs"]}
+    assert envs["GOOGLE_CLOUD_PROJECT"] == "my-gcp-project"
