@@ -23,7 +23,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
-# Probes and scrapes arrive every few seconds; their lines are kept at DEBUG.
+# Probes and scrapes arrive every few seconds (503 while a model loads); their lines are DEBUG.
 QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
 # `X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1` (Cloud Run, Google load balancers) or W3C
 # `traceparent: 00-TRACE_ID-SPAN_ID-FLAGS`.
@@ -130,7 +130,7 @@ class RequestLog:
                 "remoteIp": client[0] if client else "",
                 "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
             }
-            level = logging.DEBUG if path in QUIET_PATHS and status < 400 else logging.INFO
+            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
             self.log.log(
                 level,
                 "%s %s %d",
