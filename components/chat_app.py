@@ -12,6 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
+from components.pod_monitoring import collector_peer, pod_monitoring
 from components.pod_security import restricted_container, restricted_pod
 
 BackendKind = Literal["openai", "gemini"]
@@ -19,6 +20,9 @@ BackendAuth = Literal["none", "google-id-token", "api-key"]
 Exposure = Literal["internal", "iap", "login"]
 
 CHAT_PORT = 7860
+# GET /metrics for Managed Prometheus; no Service offers it, so no load balancer exposes it.
+METRICS_PORT = 9090
+APP_NAME = "chat-app"
 # Where Google's external Application Load Balancers and their health checks connect from.
 GOOGLE_FRONT_END_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 AUTH_ANNOTATION = "gemma-stack/auth"
@@ -170,7 +174,7 @@ class ChatAppArgs:
     # CIDRs allowed to reach the `login` LoadBalancer; empty means any address.
     allowed_source_ranges: Sequence[str] = ()
     system_prompt: str | None = None
-    app_name: str = "chat-app"
+    app_name: str = APP_NAME
     replicas: int = 1
     cpu: str = "1"
     memory: str = "2Gi"
@@ -248,6 +252,7 @@ class ChatApp(pulumi.ComponentResource):
             _env("GOOGLE_CLOUD_PROJECT", args.project_id),
             _env("FIRESTORE_DATABASE", args.firestore_database),
             _env("PORT", str(CHAT_PORT)),
+            _env("METRICS_PORT", str(METRICS_PORT)),
             _env("AUTH_MODE", _AUTH_MODE[args.exposure]),
             # The root filesystem is read-only; Gradio and libraries write under /tmp.
             _env("HOME", "/tmp"),  # noqa: S108
@@ -341,7 +346,10 @@ class ChatApp(pulumi.ComponentResource):
                                 ports=[
                                     kubernetes.core.v1.ContainerPortArgs(
                                         name="http", container_port=CHAT_PORT, protocol="TCP"
-                                    )
+                                    ),
+                                    kubernetes.core.v1.ContainerPortArgs(
+                                        name="metrics", container_port=METRICS_PORT, protocol="TCP"
+                                    ),
                                 ],
                                 resources=kubernetes.core.v1.ResourceRequirementsArgs(
                                     requests=dict(resources), limits=dict(resources)
@@ -420,9 +428,26 @@ class ChatApp(pulumi.ComponentResource):
                                 port=CHAT_PORT, protocol="TCP"
                             )
                         ],
-                    )
+                    ),
+                    # Only Managed Prometheus's collectors reach the metrics port.
+                    kubernetes.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[collector_peer()],
+                        ports=[
+                            kubernetes.networking.v1.NetworkPolicyPortArgs(
+                                port=METRICS_PORT, protocol="TCP"
+                            )
+                        ],
+                    ),
                 ],
             ),
+            opts=k8s_opts,
+        )
+        self.pod_monitoring = pod_monitoring(
+            f"{name}-metrics",
+            object_name=args.app_name,
+            namespace=args.namespace,
+            labels=labels,
+            port="metrics",
             opts=k8s_opts,
         )
         self.service_name = self.service.metadata.apply(lambda m: m.name or args.app_name)

@@ -9,9 +9,13 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
 from components.gpu_software import VLLM_IMAGE, vllm_image_cuda
+from components.pod_monitoring import collector_peer, pod_monitoring, prometheus_pod_metric
 from components.pod_security import restricted_container, restricted_pod
 
 VLLM_PORT = 8000
+SERVICE_NAME = "gemma-service"
+# The vLLM container's name, as Cloud Monitoring's GPU metrics label it.
+CONTAINER_NAME = "vllm"
 # `latest` is the driver Google's GKE GPU samples select: our vLLM image is built on CUDA 13,
 # which the default driver of older GKE versions cannot run.
 L4_SELECTOR = {
@@ -32,6 +36,32 @@ MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/cache"
 # Tells the Pulumi Kubernetes provider not to wait for readiness (GPUs may take hours).
 SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+# The HPA scales on vLLM's queue: requests waiting for a slot, averaged over the pods.
+QUEUE_METRIC = "vllm:num_requests_waiting"
+# Waiting requests per pod the HPA aims for: a few queued behind --max-num-seqs is normal.
+QUEUE_TARGET = 4
+MAX_REPLICAS = 16
+# A removed pod's L4s are gone: a new one waits 10-15 min for a GPU node, then loads the
+# weights. Scale down only after the queue has stayed short for longer than that.
+SCALE_DOWN_STABILIZATION_S = 1800
+# One pod at a time each way: every new pod asks Autopilot for more GPUs.
+SCALE_UP_PERIOD_S = 120
+SCALE_DOWN_PERIOD_S = 600
+
+
+def pending_command(
+    namespace: pulumi.Input[str], service_name: pulumi.Input[str]
+) -> pulumi.Output[str]:
+    """One line that prints why the vLLM pods wait: the scheduler's and Autopilot's events
+    (FailedScheduling, FailedScaleUp, GPU stockouts, quota), newest last."""
+    return pulumi.Output.format(
+        "kubectl -n {0} get events --field-selector involvedObject.kind=Pod "
+        "--sort-by=.lastTimestamp -o custom-columns="
+        "TIME:.lastTimestamp,POD:.involvedObject.name,REASON:.reason,MESSAGE:.message "
+        "| grep -E '^TIME|{1}-'",
+        namespace,
+        service_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -74,9 +104,18 @@ class GemmaOnGkeArgs:
     served_model_name: str | None = None
     image: str = VLLM_IMAGE
     gpu_memory_utilization: float = 0.90
-    service_name: str = "gemma-service"
+    service_name: str = SERVICE_NAME
     hf_secret_name: str = "hf-secret"  # noqa: S105 - a Secret's name, not its value
+    # Equal bounds fix the replica count; otherwise an HPA keeps `queue_target` waiting
+    # requests per pod (vllm:num_requests_waiting through the CustomMetricsAdapter).
+    min_replicas: int = 1
+    max_replicas: int = 1
+    queue_target: int = QUEUE_TARGET
     depends_on: tuple[pulumi.Resource, ...] = ()
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas > self.min_replicas
 
     def validate(self, name: str) -> None:
         """Refuse combinations vLLM or Autopilot would reject, before any resource exists."""
@@ -116,6 +155,17 @@ class GemmaOnGkeArgs:
             )
         if not self.model_id:
             raise ValueError(f"{where}: model_id must not be empty.")
+        if not 1 <= self.min_replicas <= self.max_replicas <= MAX_REPLICAS:
+            raise ValueError(
+                f"{where}: replicas must satisfy 1 <= min_replicas ({self.min_replicas}) <= "
+                f"max_replicas ({self.max_replicas}) <= {MAX_REPLICAS}; each replica holds "
+                f"{self.gpu_count} L4 GPU(s) around the clock."
+            )
+        if self.queue_target < 1:
+            raise ValueError(
+                f"{where}: queue_target ({self.queue_target}) must be at least 1 waiting "
+                "request per pod."
+            )
 
 
 class GemmaOnGke(pulumi.ComponentResource):
@@ -127,6 +177,9 @@ class GemmaOnGke(pulumi.ComponentResource):
     url: pulumi.Output[str]
     served_model_name: pulumi.Output[str]
     access_command: pulumi.Output[str]
+    pending_command: pulumi.Output[str]
+    pod_monitoring: kubernetes.apiextensions.CustomResource
+    autoscaler: kubernetes.autoscaling.v2.HorizontalPodAutoscaler | None
 
     def __init__(
         self, name: str, args: GemmaOnGkeArgs, opts: pulumi.ResourceOptions | None = None
@@ -268,7 +321,7 @@ class GemmaOnGke(pulumi.ComponentResource):
         }
         health = kubernetes.core.v1.HTTPGetActionArgs(path="/health", port="http")
         container = kubernetes.core.v1.ContainerArgs(
-            name="vllm",
+            name=CONTAINER_NAME,
             image=args.image,
             args=vllm_args,
             env=env,
@@ -308,7 +361,8 @@ class GemmaOnGke(pulumi.ComponentResource):
                 annotations=dict(SKIP_AWAIT),
             ),
             spec=kubernetes.apps.v1.DeploymentSpecArgs(
-                replicas=1,
+                # The HPA owns the count when there is one; `pulumi up` must not reset it.
+                replicas=None if args.autoscaled else args.min_replicas,
                 # A rolling update would need a second set of L4s that may not exist.
                 strategy=kubernetes.apps.v1.DeploymentStrategyArgs(type="Recreate"),
                 progress_deadline_seconds=PROGRESS_DEADLINE_S,
@@ -355,7 +409,8 @@ class GemmaOnGke(pulumi.ComponentResource):
             ),
             opts=k8s_opts,
         )
-        # Only pods of this namespace (the chat app) may call the model server.
+        # Only pods of this namespace (the chat app) may call the model server, and Managed
+        # Prometheus's collectors may scrape its /metrics.
         self.network_policy = kubernetes.networking.v1.NetworkPolicy(
             f"{name}-clients",
             metadata=kubernetes.meta.v1.ObjectMetaArgs(
@@ -369,7 +424,8 @@ class GemmaOnGke(pulumi.ComponentResource):
                         from_=[
                             kubernetes.networking.v1.NetworkPolicyPeerArgs(
                                 pod_selector=kubernetes.meta.v1.LabelSelectorArgs()
-                            )
+                            ),
+                            collector_peer(),
                         ],
                         ports=[
                             kubernetes.networking.v1.NetworkPolicyPortArgs(
@@ -380,6 +436,17 @@ class GemmaOnGke(pulumi.ComponentResource):
                 ],
             ),
             opts=k8s_opts,
+        )
+        self.pod_monitoring = pod_monitoring(
+            f"{name}-metrics",
+            object_name=args.service_name,
+            namespace=args.namespace,
+            labels=labels,
+            port="http",
+            opts=k8s_opts,
+        )
+        self.autoscaler = (
+            self._autoscaler(name, args, labels, k8s_opts) if args.autoscaled else None
         )
         self.service_name = self.service.metadata.apply(lambda m: m.name or args.service_name)
         self.url = pulumi.Output.format(
@@ -399,11 +466,69 @@ class GemmaOnGke(pulumi.ComponentResource):
             VLLM_PORT,
             self.served_model_name,
         )
+        self.pending_command = pending_command(args.namespace, self.service_name)
         self.register_outputs(
             {
                 "serviceName": self.service_name,
                 "url": self.url,
                 "servedModelName": self.served_model_name,
                 "accessCommand": self.access_command,
+                "pendingCommand": self.pending_command,
             }
+        )
+
+    def _autoscaler(
+        self,
+        name: str,
+        args: GemmaOnGkeArgs,
+        labels: dict[str, str],
+        k8s_opts: pulumi.ResourceOptions,
+    ) -> kubernetes.autoscaling.v2.HorizontalPodAutoscaler:
+        v2 = kubernetes.autoscaling.v2
+        return v2.HorizontalPodAutoscaler(
+            f"{name}-autoscaler",
+            metadata=kubernetes.meta.v1.ObjectMetaArgs(
+                name=args.service_name, namespace=args.namespace, labels=labels
+            ),
+            spec=v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1",
+                    kind="Deployment",
+                    name=self.deployment.metadata.apply(lambda m: m.name or args.service_name),
+                ),
+                min_replicas=args.min_replicas,
+                max_replicas=args.max_replicas,
+                metrics=[
+                    v2.MetricSpecArgs(
+                        type="Pods",
+                        pods=v2.PodsMetricSourceArgs(
+                            metric=v2.MetricIdentifierArgs(
+                                name=prometheus_pod_metric(QUEUE_METRIC)
+                            ),
+                            target=v2.MetricTargetArgs(
+                                type="AverageValue", average_value=str(args.queue_target)
+                            ),
+                        ),
+                    )
+                ],
+                behavior=v2.HorizontalPodAutoscalerBehaviorArgs(
+                    scale_up=v2.HPAScalingRulesArgs(
+                        stabilization_window_seconds=0,
+                        policies=[
+                            v2.HPAScalingPolicyArgs(
+                                type="Pods", value=1, period_seconds=SCALE_UP_PERIOD_S
+                            )
+                        ],
+                    ),
+                    scale_down=v2.HPAScalingRulesArgs(
+                        stabilization_window_seconds=SCALE_DOWN_STABILIZATION_S,
+                        policies=[
+                            v2.HPAScalingPolicyArgs(
+                                type="Pods", value=1, period_seconds=SCALE_DOWN_PERIOD_S
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=k8s_opts,
         )

@@ -23,6 +23,8 @@ STACK_APIS: tuple[str, ...] = (
     "iamcredentials.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "storage.googleapis.com",
+    # Dashboards and alert policies.
+    "monitoring.googleapis.com",
 )
 
 

@@ -25,6 +25,7 @@ from components.cloud_run_gpu_service import (
     parse_memory_gib,
 )
 from components.cluster import RELEASE_CHANNELS
+from components.gemma_on_gke import MAX_REPLICAS, QUEUE_TARGET
 from components.gpu_software import (
     VLLM_IMAGE,
     cloud_run_cuda_problem,
@@ -108,6 +109,10 @@ class GkeGemmaConfig:
     vllm_image: str
     sizing: GemmaSizing
     model: GcsModel | None = None  # fine-tuned weights served from a GCS FUSE volume
+    # Equal bounds fix the count; otherwise an HPA scales on vLLM's queue per pod.
+    min_replicas: int = 1
+    max_replicas: int = 2
+    queue_target: int = QUEUE_TARGET
 
     @property
     def uses_hugging_face(self) -> bool:
@@ -237,6 +242,13 @@ class PreflightConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """Dashboards and alert policies; alerts email `alert_email` when it is set."""
+
+    alert_email: str | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything the stack needs, validated."""
 
@@ -254,6 +266,7 @@ class StackConfig:
     # Where Cloud Build runs the image builds; the images still go to `region`'s registry.
     build_region: str = DEFAULT_BUILD_REGION
     preflight: PreflightConfig = PreflightConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
     # Signs login sessions; None derives one from chatLoginPassword (see stacks/platform.py).
@@ -389,6 +402,20 @@ def _parse_gke_gemma(r: _Reader) -> GkeGemmaConfig:
         r.problems.extend(
             sizing_problems(variant, gpu_count, tensor_parallel, max_model_len, max_num_seqs)
         )
+    min_replicas = r.number("gkeGemmaMinReplicas", GkeGemmaConfig.min_replicas)
+    max_replicas = r.number("gkeGemmaMaxReplicas", GkeGemmaConfig.max_replicas)
+    queue_target = r.number("gkeGemmaQueueTarget", GkeGemmaConfig.queue_target)
+    if not 1 <= min_replicas <= max_replicas <= MAX_REPLICAS:
+        r.problems.append(
+            f"gkeGemmaMinReplicas={min_replicas} and gkeGemmaMaxReplicas={max_replicas} must "
+            f"satisfy 1 <= min <= max <= {MAX_REPLICAS}; each replica holds {gpu_count} L4 "
+            "GPU(s). Equal values turn autoscaling off (pulumi config set gkeGemmaMaxReplicas 2)."
+        )
+    if queue_target < 1:
+        r.problems.append(
+            f"gkeGemmaQueueTarget={queue_target} must be at least 1: the waiting requests per "
+            "pod above which the autoscaler adds a pod (pulumi config set gkeGemmaQueueTarget 4)."
+        )
     return GkeGemmaConfig(
         enabled=enabled,
         variant=variant,
@@ -400,6 +427,9 @@ def _parse_gke_gemma(r: _Reader) -> GkeGemmaConfig:
         vllm_image=r.text("vllmImage", DEFAULT_VLLM_IMAGE),
         sizing=sizing,
         model=model,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        queue_target=queue_target,
     )
 
 
@@ -748,6 +778,16 @@ def _parse_preflight(r: _Reader) -> PreflightConfig:
     return preflight
 
 
+def _parse_monitoring(r: _Reader) -> MonitoringConfig:
+    monitoring = MonitoringConfig(alert_email=r.optional_text("alertEmail"))
+    if monitoring.alert_email is not None and not _EMAIL.match(monitoring.alert_email):
+        r.problems.append(
+            f"alertEmail={monitoring.alert_email!r} must be an email address, the one alert "
+            "policies notify (pulumi config set alertEmail oncall@example.com)."
+        )
+    return monitoring
+
+
 def parse_stack_config(
     values: Mapping[str, str],
     *,
@@ -836,6 +876,7 @@ def parse_stack_config(
         images=images,
         build_region=build_region,
         preflight=_parse_preflight(r),
+        monitoring=_parse_monitoring(r),
         hf_token=hf_token,
         chat_login_password=chat_login_password,
         chat_session_key=chat_session_key,
@@ -892,6 +933,10 @@ STACK_KEYS: tuple[str, ...] = (
     "preflight",
     "requestQuota",
     "quotaContactEmail",
+    "gkeGemmaMinReplicas",
+    "gkeGemmaMaxReplicas",
+    "gkeGemmaQueueTarget",
+    "alertEmail",
 )
 SECRET_KEYS: tuple[str, ...] = ("hfToken", "chatLoginPassword", "chatSessionKey")
 

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as kubernetes
 
 from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
 from components.cloud_run_gpu_service import (
@@ -16,6 +17,12 @@ from components.cloud_run_gpu_service import (
     invokers_from,
     prebuilt_gemma,
     vllm_gemma,
+)
+from components.custom_metrics_adapter import (
+    ADAPTER_NAME,
+    ADAPTER_NAMESPACE,
+    CustomMetricsAdapter,
+    CustomMetricsAdapterArgs,
 )
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
@@ -52,6 +59,7 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         outputs["gemmaEndpoint"] = gemma.url
         outputs["gemmaServedModel"] = gemma.served_model_name
         outputs["gemmaAccessCommand"] = gemma.access_command
+        outputs["gemmaPendingCommand"] = gemma.pending_command
 
     urls: dict[str, pulumi.Output[str]] = {}
     curls: dict[str, pulumi.Output[str]] = {}
@@ -96,6 +104,8 @@ def _gemma_on_gke(platform: Platform, gke: Gke) -> GemmaOnGke:
             depends_on=[gke.namespace],
         ),
     )
+    if config.max_replicas > config.min_replicas:
+        _metrics_adapter(platform, gke)
     hf_token: pulumi.Output[str] | None = None
     if config.model is None:
         if platform.hf_token is None:
@@ -121,6 +131,42 @@ def _gemma_on_gke(platform: Platform, gke: Gke) -> GemmaOnGke:
             gcs_bucket=config.model.bucket if config.model else None,
             gcs_path=config.model.path if config.model else "",
             image=config.vllm_image,
+            min_replicas=config.min_replicas,
+            max_replicas=config.max_replicas,
+            queue_target=config.queue_target,
+            depends_on=(identity,),
+        ),
+    )
+
+
+def _metrics_adapter(platform: Platform, gke: Gke) -> CustomMetricsAdapter:
+    """The custom metrics API the vLLM HPA reads vllm:num_requests_waiting through."""
+    namespace = kubernetes.core.v1.Namespace(
+        "custom-metrics-namespace",
+        metadata=kubernetes.meta.v1.ObjectMetaArgs(
+            name=ADAPTER_NAMESPACE, labels={"app.kubernetes.io/part-of": "gemma-stack"}
+        ),
+        opts=pulumi.ResourceOptions(provider=gke.provider, depends_on=[gke.cluster.cluster]),
+    )
+    identity = WorkloadIdentity(
+        "custom-metrics",
+        WorkloadIdentityArgs(
+            project_id=platform.project_id,
+            project_number=platform.project_number,
+            namespace=ADAPTER_NAMESPACE,
+            ksa_name=ADAPTER_NAME,
+            # It reads the Managed Prometheus series from Cloud Monitoring, nothing else.
+            project_roles=["roles/monitoring.viewer"],
+            k8s_provider=gke.provider,
+            depends_on=[namespace],
+        ),
+    )
+    return CustomMetricsAdapter(
+        "custom-metrics",
+        CustomMetricsAdapterArgs(
+            k8s_provider=gke.provider,
+            namespace=namespace.metadata.apply(lambda m: m.name or ADAPTER_NAMESPACE),
+            ksa_name=identity.ksa_name,
             depends_on=(identity,),
         ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stacks.config import StackConfig
+from stacks.observability import deploy_observability
 from stacks.platform import build_platform, platform_outputs
 from stacks.preflight import check_quotas
 from stacks.serving import deploy_serving
@@ -17,4 +18,5 @@ def build_stack(config: StackConfig) -> dict[str, Any]:
     platform = build_platform(config)
     outputs = platform_outputs(platform)
     outputs.update(deploy_serving(platform))
+    outputs.update(deploy_observability(platform))
     return outputs

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from app.chat.logs import configure_logging
 from app.chat.settings import ChatSettings, describe_errors
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("info")
     try:
         settings = ChatSettings()  # filled from the environment
     except ValidationError as err:
@@ -27,6 +25,8 @@ def main() -> None:
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         log_level="info",
+        log_config=None,  # configure_logging's JSON lines, and RequestLog's access lines
+        access_log=False,
     )
 
 

@@ -273,6 +273,13 @@ class ChatHistory:
         while len(table) > REMEMBERED_SESSIONS:
             table.popitem(last=False)
 
+    @property
+    def oldest_pending_s(self) -> float:
+        """Seconds the oldest unconfirmed message has waited; 0 when none waits."""
+        if not self._pending:
+            return 0.0
+        return max(0.0, time.monotonic() - self._pending[0].queued_at)
+
     # -- writes ----------------------------------------------------------------------------
 
     def reserve_turn(self, session_id: str, known_messages: int) -> int:

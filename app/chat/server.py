@@ -24,6 +24,8 @@ from app.chat.access import (
 from app.chat.backends import ChatBackend, make_backend
 from app.chat.history import ChatHistory
 from app.chat.identity import IapAccess, OwnerResolver
+from app.chat.logs import RequestLog
+from app.chat.metrics import serve_metrics
 from app.chat.settings import ChatSettings
 from app.chat.ui import CSS, ChatUI
 
@@ -76,7 +78,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop_metrics = serve_metrics(history, settings.host, settings.metrics_port)
         yield
+        stop_metrics()
         await history.close(settings.shutdown_flush_s)
         for backend in backends.values():
             await backend.aclose()
@@ -104,6 +108,7 @@ def create_app(
 
     if isinstance(access, LoginAccess):
         access.add_routes(api)
+
     ui = ChatUI(settings, history, backends, OwnerResolver(settings))
     # mount_gradio_app returns the app it mounted on, but carries no return type.
     app: FastAPI = gr.mount_gradio_app(
@@ -121,4 +126,6 @@ def create_app(
     if access is not None:
         app.add_middleware(AccessGate, access=access)
     app.add_middleware(SecurityHeaders)
+    # Outermost, so refused requests are logged too.
+    app.add_middleware(RequestLog, project=settings.google_cloud_project)
     return app

@@ -114,6 +114,9 @@ class ChatSettings(BaseSettings):
     firestore_database: str = "chat-app-db"
     host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
     port: int = Field(default=7860, ge=1, le=65535)
+    # GET /metrics for Prometheus, apart from `port` so no load balancer ever exposes it;
+    # 0 serves none (the stack sets 9090 on GKE).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     # Markdown shown under the title, e.g. that the model is an offline demo with random weights.
     chat_notice: str | None = None

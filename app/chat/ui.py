@@ -26,6 +26,7 @@ from app.chat.history import (
     title_for,
 )
 from app.chat.identity import IdentityError, OwnerResolver, new_browser_id
+from app.chat.metrics import watch_reply
 from app.chat.settings import BackendConfig, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -210,9 +211,7 @@ class ChatUI:
         shown = [*self._chat(conversation), {"role": "assistant", "content": ""}]
         # Ask the model before echoing the user's message, so both overlap.
         turns = self._window(conversation, system_prompt or "", backend_config)
-        pieces = aiter(
-            self.backends[backend_config.id].stream(turns, system_prompt or "", sampling)
-        )
+        pieces = self._reply_stream(backend_config, turns, system_prompt or "", sampling)
         next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
         reply = ""
         error: str | None = "the reply was interrupted (the browser disconnected)"
@@ -242,6 +241,13 @@ class ChatUI:
 
         listed = self._listed(choices, conversation) if is_new else skip
         yield self._chat(conversation), conversation, listed
+
+    def _reply_stream(
+        self, backend: BackendConfig, turns: list[Turn], system_prompt: str, sampling: Sampling
+    ) -> AsyncIterator[str]:
+        """The backend's reply, piece by piece, timed for the metrics."""
+        stream = self.backends[backend.id].stream(turns, system_prompt, sampling)
+        return aiter(watch_reply(backend.id, stream))
 
     def _chat(self, conversation: Conversation) -> list[dict[str, str]]:
         return to_chatbot(conversation.messages, self.history.failed_in(conversation.session_id))

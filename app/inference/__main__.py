@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from types import FrameType
@@ -10,6 +9,7 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from app.inference.logs import configure_logging
 from app.inference.server import create_app
 from app.inference.settings import Settings
 from app.inference.state import Phase
@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -58,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # configure_logging's JSON lines, and RequestLog's access lines
+        access_log=False,
         # A float works (uvicorn passes it to asyncio.wait_for); None would wait forever.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         lifespan="on",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.inference.engine import Completion, Engine, SamplingParams, StreamEvent, stream_generate
+from app.inference.metrics import RequestMetrics
 from app.inference.state import ApiError, ServerState
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ async def complete(
 ) -> Completion:
     """Generate the whole reply inside an admission slot."""
     engine.check_length(len(prompt_ids), params.max_tokens)
+    observed = RequestMetrics(state.model_name)
     async with state.admission.slot():
-        async for event in stream_generate(engine, prompt_ids, params, state.executor):
+        generated = stream_generate(engine, prompt_ids, params, state.executor)
+        async for event in observed.watch(generated):
             if event.completion is not None:
                 return event.completion
     raise RuntimeError("generation ended without a result")  # pragma: no cover
@@ -73,11 +76,13 @@ async def open_stream(
 ) -> AsyncIterator[StreamEvent]:
     """Admit the request now (so 429 is a real status), then stream its events."""
     engine.check_length(len(prompt_ids), params.max_tokens)
+    observed = RequestMetrics(state.model_name)
     slot = await state.admission.acquire()
 
     async def events() -> AsyncIterator[StreamEvent]:
         try:
-            async for event in stream_generate(engine, prompt_ids, params, state.executor):
+            generated = stream_generate(engine, prompt_ids, params, state.executor)
+            async for event in observed.watch(generated):
                 yield event
         except Exception as error:
             # The 200 and some text are already sent: report the failure in-band.

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.inference.api_model import INVALID_UNICODE
 from app.inference.engine import Engine, PromptError, SamplingParams
+from app.inference.logs import RequestLog
 from app.inference.model_source import ModelSourceError, resolve_model_dir
 from app.inference.settings import Settings
 from app.inference.state import Admission, ApiError, Phase, ServerState, get_state
@@ -185,6 +186,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the model loads in a thread once the lifespan starts."""
     from app.inference import (  # noqa: PLC0415 - routes import this module's helpers
+        metrics,
         routes_gemini,
         routes_generate,
         routes_health,
@@ -224,7 +226,9 @@ def create_app(
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    app.add_middleware(RequestLog)
     app.include_router(routes_health.router)
+    app.include_router(metrics.router)
     protected = [Depends(require_api_key)]
     app.include_router(routes_health.models_router, dependencies=protected)
     app.include_router(routes_generate.router, dependencies=protected)

@@ -202,7 +202,10 @@ def test_chat_pod_is_hardened_with_probes_and_limits() -> None:
     spec = chat_deployment(run)["spec"]["template"]["spec"]
     box = chat_container(run)
     assert box["command"] == ["python", "-m", "app.chat"]
-    assert box["ports"] == [{"name": "http", "containerPort": 7860, "protocol": "TCP"}]
+    assert box["ports"] == [
+        {"name": "http", "containerPort": 7860, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert spec["serviceAccountName"] == "chat-app"
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -261,8 +264,12 @@ def test_internal_exposure_is_cluster_ip_only() -> None:
     assert policy.inputs["spec"]["podSelector"] == {
         "matchLabels": chat_deployment(run)["spec"]["selector"]["matchLabels"]
     }
-    (rule,) = policy.inputs["spec"]["ingress"]
-    assert rule == {"ports": [{"port": 7860, "protocol": "TCP"}]}  # the app port only
+    rule, metrics = policy.inputs["spec"]["ingress"]
+    assert rule == {"ports": [{"port": 7860, "protocol": "TCP"}]}  # the app port from anywhere
+    assert metrics["from"] == [  # the metrics port from Managed Prometheus alone
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}
+    ]
+    assert metrics["ports"] == [{"port": 9090, "protocol": "TCP"}]
 
 
 def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
@@ -319,7 +326,14 @@ def test_iap_exposure_puts_the_app_behind_identity_aware_proxy() -> None:
     assert "chatAllowedUsers" in run.outputs["hint"]  # the config key that exists
     # The app trusts IAP's identity header: only Google's front ends may connect.
     policy = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy", "chat-ingress")
-    (rule,) = policy.inputs["spec"]["ingress"]
+    rule, metrics = policy.inputs["spec"]["ingress"]
+    # Managed Prometheus's collectors alone reach the metrics port.
+    assert metrics == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}
+        ],
+        "ports": [{"port": 9090, "protocol": "TCP"}],
+    }
     assert rule["from"] == [
         {"ipBlock": {"cidr": "130.211.0.0/22"}},
         {"ipBlock": {"cidr": "35.191.0.0/16"}},

@@ -59,7 +59,7 @@ def test_kubernetes_objects_use_the_cluster_provider(dev: ProgramRun) -> None:
 
 
 def test_workloads_namespace_enforces_baseline_pod_security(dev: ProgramRun) -> None:
-    namespace = dev.one("kubernetes:core/v1:Namespace")
+    namespace = dev.named("workloads-namespace")
     labels = namespace.inputs["metadata"]["labels"]
     assert namespace.inputs["metadata"]["name"] == "gemma-stack"
     assert labels["pod-security.kubernetes.io/enforce"] == "baseline"

@@ -169,8 +169,12 @@ def test_only_pods_of_the_namespace_may_call_the_model_server() -> None:
     assert policy["spec"]["podSelector"] == {"matchLabels": labels}
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
-    # An empty pod selector in `from` means: every pod of this namespace, none outside it.
-    assert rule["from"] == [{"podSelector": {}}]
+    # An empty pod selector in `from` means: every pod of this namespace, none outside it;
+    # outside it only Managed Prometheus's collectors, which scrape /metrics.
+    assert rule["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}},
+    ]
     assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
 
 
@@ -267,6 +271,7 @@ def test_every_child_belongs_to_the_component() -> None:
         "kubernetes:apps/v1:Deployment",
         "kubernetes:core/v1:Service",
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        "kubernetes:monitoring.googleapis.com/v1:PodMonitoring",
         "gcp:storage/bucketIAMMember:BucketIAMMember",
     }
     assert all(c.name.startswith("gemma-") for c in children)

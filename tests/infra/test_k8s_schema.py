@@ -4,7 +4,8 @@ GKE's REGULAR channel moves through several minors a year, so each object is val
 (strictly: unknown fields fail) against every minor from 1.33 up to the newest that the
 installed kubernetes-validate ships (1.37 at the time of writing). GKE's own CRDs
 (BackendConfig, ManagedCertificate) are not in that schema set; they are checked against
-the fields of their published CRDs below.
+the fields of their published CRDs below, and Managed Prometheus's PodMonitoring against its
+published CRD's schema (tests/infra/crd_schemas.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import pulumi_kubernetes as kubernetes
 import pytest
 
 from components.chat_app import ChatApp, ChatAppArgs, ChatBackend
+from components.custom_metrics_adapter import CustomMetricsAdapter, CustomMetricsAdapterArgs
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from stacks.gemma_sizing import GEMMA_SIZING
+from tests.infra.crd_schemas import STACK_CRD_SCHEMAS, cel_rule_failures
 from tests.pulumi_harness import manifests_from_resources, render, schema_failures
 
 OLDEST_MINOR = 33
@@ -89,6 +92,14 @@ _GKE_CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 def build_everything() -> None:
     """Each serving component in each shape it can render."""
     provider = kubernetes.Provider("k8s", kubeconfig="{}")
+    CustomMetricsAdapter(
+        "adapter",
+        CustomMetricsAdapterArgs(
+            k8s_provider=provider,
+            namespace="custom-metrics",
+            ksa_name="custom-metrics-stackdriver-adapter",
+        ),
+    )
     for variant, sizing in GEMMA_SIZING.items():
         from_gcs = sizing.tensor_parallel > 1
         GemmaOnGke(
@@ -107,6 +118,8 @@ def build_everything() -> None:
                 hf_token=None if from_gcs else pulumi.Output.secret("hf_x"),
                 gcs_bucket="team-models" if from_gcs else None,
                 gcs_path=f"models/{variant}" if from_gcs else "",
+                # Fixed for the GCS variants, autoscaled (with an HPA) for the others.
+                max_replicas=1 if from_gcs else 3,
             ),
         )
     backends = [ChatBackend.gemini_on_vertex()]
@@ -162,6 +175,12 @@ def test_every_kind_the_components_render_is_covered() -> None:
         "NetworkPolicy",
         "BackendConfig",
         "ManagedCertificate",
+        "PodMonitoring",
+        "HorizontalPodAutoscaler",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "RoleBinding",
+        "APIService",
     }
     assert len(MINORS) >= 2
     assert MINORS[-1] == f"1.{NEWEST_MINOR}"
@@ -169,7 +188,7 @@ def test_every_kind_the_components_render_is_covered() -> None:
 
 @pytest.mark.parametrize("minor", MINORS)
 def test_kubernetes_objects_pass_the_openapi_schema(minor: str) -> None:
-    core = [m for m in _MANIFESTS if m["kind"] not in _GKE_CRD_SCHEMAS]
+    core = [m for m in _MANIFESTS if m["kind"] not in _GKE_CRD_SCHEMAS | STACK_CRD_SCHEMAS.keys()]
     assert len(core) >= 12
     assert schema_failures(core, minor) == []
 
@@ -181,6 +200,37 @@ def test_gke_custom_resources_match_their_crd_fields(kind: str) -> None:
     for manifest in objects:
         jsonschema.validate(manifest["spec"], _GKE_CRD_SCHEMAS[kind])
         assert set(manifest) == {"apiVersion", "kind", "metadata", "spec"}
+
+
+@pytest.mark.parametrize("kind", sorted(STACK_CRD_SCHEMAS))
+def test_custom_resources_match_their_published_crd_schema(kind: str) -> None:
+    api_version, schema = STACK_CRD_SCHEMAS[kind]
+    objects = [m for m in _MANIFESTS if m["kind"] == kind]
+    assert objects
+    for manifest in objects:
+        assert manifest["apiVersion"] == api_version
+        assert set(manifest) == {"apiVersion", "kind", "metadata", "spec"}
+        jsonschema.validate(manifest["spec"], schema)
+        assert cel_rule_failures(kind, manifest["spec"]) == []
+
+
+def test_crd_checks_catch_broken_pod_monitorings() -> None:
+    monitoring = next(m for m in _MANIFESTS if m["kind"] == "PodMonitoring")
+    _, schema = STACK_CRD_SCHEMAS["PodMonitoring"]
+    typo = copy.deepcopy(monitoring["spec"])
+    typo["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(typo, schema)
+    no_port = copy.deepcopy(monitoring["spec"])
+    del no_port["endpoints"][0]["port"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(no_port, schema)
+    slow = copy.deepcopy(monitoring["spec"])
+    slow["endpoints"][0].update(interval="10s", timeout="1m")
+    jsonschema.validate(slow, schema)
+    assert cel_rule_failures("PodMonitoring", slow) == [
+        "endpoints[0]: scrape timeout exceeds the interval"
+    ]
 
 
 def test_schema_check_catches_a_broken_object() -> None:

@@ -19,6 +19,12 @@ CHAT_PRINCIPAL = (
     f"principal://iam.googleapis.com/projects/{FAKE_PROJECT_NUMBER}/locations/global/"
     "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/gemma-stack/sa/chat-app"
 )
+# The Custom Metrics Stackdriver Adapter reads Cloud Monitoring for the vLLM autoscaler.
+ADAPTER_PRINCIPAL = (
+    f"principal://iam.googleapis.com/projects/{FAKE_PROJECT_NUMBER}/locations/global/"
+    "workloadIdentityPools/my-gcp-project.svc.id.goog/subject/ns/custom-metrics/sa/"
+    "custom-metrics-stackdriver-adapter"
+)
 BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 IAM_TYPES = (
     "gcp:projects/iAMMember:IAMMember",
@@ -41,6 +47,7 @@ API_OF_TYPE = {
     "gcp:cloudrunv2/": "run.googleapis.com",
     "command:local:Command": "cloudbuild.googleapis.com",
     "kubernetes:": "container.googleapis.com",
+    "gcp:monitoring/": "monitoring.googleapis.com",
 }
 
 
@@ -142,6 +149,7 @@ def test_binds_chat_roles_to_the_workload_identity_principal(dev: ProgramRun) ->
     assert bindings == {
         ("roles/aiplatform.user", CHAT_PRINCIPAL),
         ("roles/datastore.user", CHAT_PRINCIPAL),
+        ("roles/monitoring.viewer", ADAPTER_PRINCIPAL),
     }
     ksa = dev.named("chat-app-ksa")
     assert ksa.inputs["metadata"]["name"] == "chat-app"
@@ -209,8 +217,9 @@ def test_token_value_appears_only_in_secret_manager_and_the_pod_secret(dev: Prog
 def test_children_are_parented_to_their_components(dev: ProgramRun) -> None:
     top_level = {r.name for r in dev.resources if r.parent_type == "pulumi:pulumi:Stack"}
     components = {r.name for r in dev.resources if not r.custom}
-    # Only components and the shared workloads namespace sit at the top of the stack.
-    assert top_level - components <= {"workloads-namespace"}
+    # Only components and the namespaces shared by a component and its identity (the
+    # workloads' and the metrics adapter's) sit at the top of the stack.
+    assert top_level - components <= {"workloads-namespace", "custom-metrics-namespace"}
     for resource in dev.resources:
         if resource.custom and resource.parent_type.startswith("gemma-stack:"):
             parent = dev.by_urn(resource.parent)
