@@ -12,7 +12,7 @@ import torch
 
 from app.inference import transformers_engine
 from app.inference.engine import PromptError, SamplingParams, stream_generate
-from app.inference.routes_generate import sql_user_turn
+from app.inference.protocol_generate import sql_user_turn
 from app.inference.transformers_engine import TransformersEngine, pick_device_and_dtype
 from tests.inference.inference_fixtures import SCRIPTED_REPLY
 
