@@ -21,6 +21,8 @@ from app.inference.engine import PromptError
 from app.inference.state import Api, ApiError, get_state
 
 _OWN_MESSAGES = (INVALID_UNICODE, UNSUPPORTED_FIELD)
+# Pydantic's error types for a body that is not a JSON object at all.
+_NOT_AN_OBJECT = ("model_attributes_type", "model_type", "dict_type")
 
 
 def validation_message(error: RequestValidationError) -> str:
@@ -36,9 +38,12 @@ def validation_message(error: RequestValidationError) -> str:
         if item.get("type") == INVALID_UNICODE:
             problems.append(str(item.get("msg", "")))  # the message names the field itself
             continue
+        if item.get("type") == UNSUPPORTED_FIELD:
+            problems.append(f"{location}: {item['msg']}" if location else item["msg"])
+            continue
         if item.get("type") == "json_invalid":
             return "The request body is not valid JSON: " + str(item.get("msg", ""))
-        if tuple(item.get("loc", ())) == ("body",) and item.get("type") != "missing":
+        if tuple(item.get("loc", ())) == ("body",) and item.get("type") in _NOT_AN_OBJECT:
             return (
                 "The request body must be a JSON object, sent with "
                 "'Content-Type: application/json'."

@@ -125,7 +125,7 @@ for _version in ("v1beta", "v1"):
             async for event in events:
                 if event.error is not None:
                     item: dict[str, Any] = error_status(500, event.error).model_dump()
-                elif event.completion is None and not event.text:
+                elif event.completion is None and not event.text and not event.logprobs:
                     continue
                 else:
                     logprobs = event.logprobs if wants_logprobs else None
