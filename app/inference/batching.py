@@ -341,9 +341,7 @@ class Scheduler:
                 )
             )
             token = tokens[index]
-            entries[index] = TokenLogprob(
-                self.token_text(token), token, float(chosen[row]), top
-            )
+            entries[index] = TokenLogprob(self.token_text(token), token, float(chosen[row]), top)
         return entries
 
     def _leave_finished(self) -> None:

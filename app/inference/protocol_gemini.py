@@ -342,6 +342,20 @@ class Model(_CamelOut):
     top_p: float = 1.0
 
 
+def served_model(name: str, context: int | None) -> Model:
+    """models.get's answer for the served model (``context``: its tokens, once loaded)."""
+    return Model(
+        name=f"models/{name}",
+        base_model_id=name,
+        version="1",
+        display_name=name,
+        description="A merged Gemma model served by gemma-stack's inference app.",
+        input_token_limit=context,
+        output_token_limit=context,
+        supported_generation_methods=["generateContent", "streamGenerateContent", "countTokens"],
+    )
+
+
 class ModelList(_CamelOut):
     models: list[Model]
 

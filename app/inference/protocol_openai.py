@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from app.inference.api_model import RequestModel, Unsupported
@@ -360,6 +360,10 @@ class CompletionResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """OpenAI's model card. google-genai clients on API version v1 ask the same path for
+    Gemini's models.get, so ``GET /v1/models/{id}`` adds Gemini's Model fields as extras."""
+
+    model_config = ConfigDict(extra="allow")
     id: str
     object: Literal["model"] = "model"
     created: int

@@ -28,27 +28,18 @@ from app.inference.protocol_gemini import (
     ModelList,
     error_status,
     response,
+    served_model,
 )
 from app.inference.state import Api, ServerState, StateDep
 
 router = APIRouter(tags=["gemini"], route_class=route_class(Api.GEMINI))
 
 _ERRORS = error_responses(400, 401, 404, 413, 429, 503, model=ErrorResponse)
-_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 
 
-def _model(state: ServerState) -> Model:
-    engine = state.engine
-    return Model(
-        name=f"models/{state.model_name}",
-        base_model_id=state.model_name,
-        version="1",
-        display_name=state.model_name,
-        description="A merged Gemma model served by gemma-stack's inference app.",
-        input_token_limit=engine.max_model_len if engine is not None else None,
-        output_token_limit=engine.max_model_len if engine is not None else None,
-        supported_generation_methods=_METHODS,
-    )
+def gemini_model(state: ServerState) -> Model:
+    context = state.engine.max_model_len if state.engine is not None else None
+    return served_model(state.model_name, context)
 
 
 @router.get(
@@ -59,7 +50,7 @@ def _model(state: ServerState) -> Model:
     responses=error_responses(401, model=ErrorResponse),
 )
 async def list_models(state: StateDep) -> ModelList:
-    return ModelList(models=[_model(state)])
+    return ModelList(models=[gemini_model(state)])
 
 
 @router.get(
@@ -71,7 +62,7 @@ async def list_models(state: StateDep) -> ModelList:
 )
 async def get_model(model: str, state: StateDep) -> Model:
     state.check_model(model)
-    return _model(state)
+    return gemini_model(state)
 
 
 for _version in ("v1beta", "v1"):

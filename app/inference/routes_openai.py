@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.inference.api_route import error_responses, route_class
 from app.inference.generation import EventStream, Prepared, complete, open_stream, prepare, sse
+from app.inference.protocol_gemini import served_model
 from app.inference.protocol_openai import (
     AssistantMessage,
     ChatChoice,
@@ -70,7 +71,7 @@ async def list_models(state: StateDep) -> ModelList:
 
 @router.get(
     "/v1/models/{model_id}",
-    summary="The served model's card; 404 for any other id",
+    summary="The served model's card (with Gemini's Model fields too); 404 for any other",
     response_model=ModelCard,
     responses=error_responses(401, 404, model=ErrorResponse),
 )
@@ -81,7 +82,9 @@ async def get_model(model_id: str, state: StateDep) -> ModelCard:
             f"The model '{model_id}' does not exist; this server serves '{state.model_name}'.",
             "model_not_found",
         )
-    return _card(state)
+    context = state.engine.max_model_len if state.engine is not None else None
+    gemini = served_model(state.model_name, context).model_dump(by_alias=True, exclude_none=True)
+    return ModelCard.model_validate({**gemini, **_card(state).model_dump()})
 
 
 @router.post(
