@@ -151,6 +151,14 @@ async def count_prompt_tokens(state: ServerState, model: str | None, prompt: Pro
         return len(await _tokenize(engine, prompt))
 
 
+def sampling_params(max_tokens: int, **fields: Any) -> SamplingParams:
+    """``SamplingParams`` from a request's fields, where None (absent) means the default."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        **{name: value for name, value in fields.items() if value is not None},
+    )
+
+
 # Every new token is checked against every stop string (and each one's prefixes, to hold back
 # text that may become one), so unbounded stop lists would let one request stall a worker.
 MAX_STOP_STRINGS = 16

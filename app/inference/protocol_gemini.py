@@ -20,7 +20,7 @@ from app.inference.engine import (
     SamplingParams,
     TokenLogprob,
 )
-from app.inference.generation import Prompt, stop_tuple
+from app.inference.generation import Prompt, sampling_params, stop_tuple
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -189,13 +189,13 @@ class GenerateContentRequest(_Camel):
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         config = self.config()
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if config.temperature is None else config.temperature,
-            top_p=1.0 if config.top_p is None else config.top_p,
+        return sampling_params(
+            max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
             top_k=config.top_k,
-            presence_penalty=config.presence_penalty or 0.0,
-            frequency_penalty=config.frequency_penalty or 0.0,
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
             stop=stop_tuple(config.stop_sequences),
             seed=config.seed,
             logprobs=(config.logprobs or 0) if config.response_logprobs else None,

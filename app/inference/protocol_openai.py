@@ -19,7 +19,7 @@ from app.inference.engine import (
     SamplingParams,
     TokenLogprob,
 )
-from app.inference.generation import Prompt, stop_tuple
+from app.inference.generation import Prompt, sampling_params, stop_tuple
 from app.inference.state import ApiError
 
 # ------------------------------------------------------------------------------------ requests
@@ -117,15 +117,15 @@ class _Sampling(RequestModel):
         return None
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
+        return sampling_params(
+            max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
             top_k=self.top_k,
-            min_p=self.min_p or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            min_p=self.min_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
             stop=stop_tuple(self.stop),
             seed=self.seed,
             logprobs=self._logprobs(),

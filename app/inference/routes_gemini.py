@@ -38,8 +38,7 @@ _ERRORS = error_responses(400, 401, 404, 413, 429, 503, model=ErrorResponse)
 
 
 def gemini_model(state: ServerState) -> Model:
-    context = state.engine.max_model_len if state.engine is not None else None
-    return served_model(state.model_name, context)
+    return served_model(state.model_name, state.context())
 
 
 @router.get(

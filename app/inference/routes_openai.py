@@ -32,7 +32,7 @@ from app.inference.protocol_openai import (
     completion_logprobs,
     stream_error,
 )
-from app.inference.state import Api, ApiError, ServerState, StateDep
+from app.inference.state import Api, ServerState, StateDep
 
 router = APIRouter(tags=["openai"], route_class=route_class(Api.OPENAI))
 
@@ -55,7 +55,7 @@ def _card(state: ServerState) -> ModelCard:
     return ModelCard(
         id=state.model_name,
         created=state.created,
-        max_model_len=state.engine.max_model_len if state.engine is not None else None,
+        max_model_len=state.context(),
     )
 
 
@@ -76,14 +76,10 @@ async def list_models(state: StateDep) -> ModelList:
     responses=error_responses(401, 404, model=ErrorResponse),
 )
 async def get_model(model_id: str, state: StateDep) -> ModelCard:
-    if model_id != state.model_name:
-        raise ApiError(
-            404,
-            f"The model '{model_id}' does not exist; this server serves '{state.model_name}'.",
-            "model_not_found",
-        )
-    context = state.engine.max_model_len if state.engine is not None else None
-    gemini = served_model(state.model_name, context).model_dump(by_alias=True, exclude_none=True)
+    state.check_model(model_id)
+    gemini = served_model(state.model_name, state.context()).model_dump(
+        by_alias=True, exclude_none=True
+    )
     return ModelCard.model_validate({**gemini, **_card(state).model_dump()})
 
 

@@ -137,6 +137,10 @@ class ServerState:
             )
         return self.engine
 
+    def context(self) -> int | None:
+        """The served context in tokens, once the model is loaded."""
+        return self.engine.max_model_len if self.engine is not None else None
+
     def check_model(self, requested: str | None) -> None:
         name = (requested or "").removeprefix("models/")
         if requested is not None and name != self.model_name:
