@@ -141,7 +141,8 @@ class SlotCache:
         }
 
     def prefill_masks(self, first: int, lengths: list[int]) -> dict[str, torch.Tensor]:
-        """Masks for prompts of ``lengths``, left-padded to the longest, written from row ``first``."""
+        """Masks for prompts of ``lengths``, left-padded to the longest, stored from row
+        ``first`` on."""
         self._positions = None
         self._first = first
         self._prompt_lengths = lengths
@@ -341,9 +342,7 @@ class Scheduler:
                 )
             )
             token = tokens[index]
-            entries[index] = TokenLogprob(
-                self.token_text(token), token, float(chosen[row]), top
-            )
+            entries[index] = TokenLogprob(self.token_text(token), token, float(chosen[row]), top)
         return entries
 
     def _leave_finished(self) -> None:

@@ -131,9 +131,7 @@ class TextStream:
                         ready = min(ready, len(self.text) - size)
                         break
         releasing = self.released
-        while releasing < len(self.entries) and (
-            final or self.entries[releasing][0] < ready
-        ):
+        while releasing < len(self.entries) and (final or self.entries[releasing][0] < ready):
             releasing += 1
         piece = self.text[self.sent : ready] if ready > self.sent else ""
         if not piece and releasing == self.released:

@@ -150,7 +150,8 @@ def test_cancelling_frees_the_row_at_once(engine: TransformersEngine) -> None:
 def test_logprobs_are_the_models_own(engine: TransformersEngine) -> None:
     prompt = _ids(engine, PROMPTS[2])
     result = engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0, logprobs=3))
-    assert result.logprobs is not None and len(result.logprobs) == 6
+    assert result.logprobs is not None
+    assert len(result.logprobs) == 6
     ids = list(prompt)
     with torch.inference_mode():
         for entry in result.logprobs:
@@ -165,7 +166,8 @@ def test_logprobs_are_the_models_own(engine: TransformersEngine) -> None:
     # None: no logprobs; 0: the chosen token's only.
     assert engine.generate(prompt, SamplingParams(max_tokens=2)).logprobs is None
     only = engine.generate(prompt, SamplingParams(max_tokens=2, logprobs=0)).logprobs
-    assert only is not None and all(entry.top == () for entry in only)
+    assert only is not None
+    assert all(entry.top == () for entry in only)
 
 
 def _penalized(
