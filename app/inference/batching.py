@@ -141,7 +141,8 @@ class SlotCache:
         }
 
     def prefill_masks(self, first: int, lengths: list[int]) -> dict[str, torch.Tensor]:
-        """Masks for prompts of ``lengths``, left-padded to the longest, written from row ``first``."""
+        """Masks for prompts of ``lengths``, left-padded to the longest, stored from row
+        ``first`` on."""
         self._positions = None
         self._first = first
         self._prompt_lengths = lengths
@@ -331,7 +332,8 @@ class Scheduler:
         logprobs = logits[wanted].log_softmax(dim=-1)
         most = max(requests[i].logprobs or 0 for i in wanted)
         top_values, top_ids = logprobs.topk(max(most, 1), dim=-1)
-        chosen = logprobs[torch.arange(len(wanted)), torch.tensor([tokens[i] for i in wanted])]
+        picked = torch.tensor([tokens[i] for i in wanted], device=logprobs.device)
+        chosen = logprobs.gather(1, picked[:, None])[:, 0].tolist()
         for row, index in enumerate(wanted):
             count = requests[index].logprobs or 0
             top = tuple(
