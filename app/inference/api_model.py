@@ -1,18 +1,32 @@
-"""The base of every request body: text that is not valid Unicode is a 400 naming its field.
+"""The base of every request body: every field is honoured or refused, and text is valid.
 
-JSON may carry a lone UTF-16 surrogate (``"\\ud800"``), and Python's decoder turns even raw
-invalid UTF-8 into one. No tokenizer can encode such a string and no JSON reply can carry it,
-so it is refused here, once for every route, before any route sees the request.
+- A field the model does not declare is a 400 that names it and lists the supported ones,
+  never silently dropped. ``unsupported`` gives the fields an API defines that this server
+  cannot honour a reason, and the values that mean "off" (``tools: []``, ``n: 1``), which
+  are accepted as they change nothing; ``null`` means absent, as in the OpenAI API.
+- JSON may carry a lone UTF-16 surrogate (``"\\ud800"``), and Python's decoder turns even
+  raw invalid UTF-8 into one. No tokenizer can encode such a string and no JSON reply can
+  carry it, so it is refused here, once for every route, before any route sees the request.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 INVALID_UNICODE = "invalid_unicode"
+UNSUPPORTED_FIELD = "unsupported_field"
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """Why a field of the API is refused, and the values that mean it is off."""
+
+    reason: str
+    off: tuple[Any, ...] = ()
 
 
 def _lone_surrogate(text: str) -> int | None:
@@ -49,6 +63,15 @@ def _find_lone_surrogate(value: Any, path: str) -> tuple[str, str, int] | None:
 class RequestModel(BaseModel):
     """A request body model; nested models are validated as part of their parent's check."""
 
+    model_config = ConfigDict(extra="forbid")
+    # Wire name -> why this server refuses it (and the values that mean "off").
+    unsupported: ClassVar[dict[str, Unsupported]] = {}
+
+    @classmethod
+    def wire_names(cls) -> list[str]:
+        """The field names a client sends (aliases where the model has them)."""
+        return [field.alias or name for name, field in cls.model_fields.items()]
+
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
@@ -62,4 +85,32 @@ class RequestModel(BaseModel):
                 "followed by its low surrogate).",
                 {"where": where, "code": f"{ord(char):04X}", "index": index},
             )
+        if isinstance(data, dict):
+            return cls._known_fields(data)
         return data
+
+    @classmethod
+    def _known_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        known = set(cls.wire_names()) | set(cls.model_fields)
+        kept = {}
+        for key, value in data.items():
+            if key in known:
+                kept[key] = value
+                continue
+            refused = cls.unsupported.get(key)
+            if refused is not None and (value is None or value in refused.off):
+                continue  # "off" changes nothing: accepted
+            supported = ", ".join(cls.wire_names())
+            if refused is not None:
+                reason = refused.reason
+                if refused.off:
+                    shown = " or ".join(repr(v) for v in refused.off)
+                    reason += f" (only {shown} is accepted here)"
+            else:
+                reason = "this field is not part of the API this server implements"
+            raise PydanticCustomError(
+                UNSUPPORTED_FIELD,
+                "'{field}' is not supported: {reason}. Supported fields here: {supported}.",
+                {"field": key, "reason": reason, "supported": supported},
+            )
+        return kept

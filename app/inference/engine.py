@@ -107,7 +107,11 @@ class StreamEvent:
 
 
 class Engine(ABC):
-    """A loaded model that renders prompts and generates text, one request per call."""
+    """A loaded model that renders prompts and generates text, one request per call.
+
+    ``generate`` may be called from many threads at once; a batching engine runs the calls
+    together.
+    """
 
     model_name: str
     max_model_len: int
@@ -127,10 +131,13 @@ class Engine(ABC):
         params: SamplingParams,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        on_logprobs: Callable[[tuple[TokenLogprob, ...]], None] | None = None,
     ) -> Completion:
         """Generate (blocking) until end of turn, eos, a stop string, max_tokens or ``cancel``.
 
-        ``on_text`` receives each new piece of text as soon as it is decoded.
+        ``on_text`` receives each new piece of text as soon as it is decoded. When the params
+        ask for logprobs, ``on_logprobs`` receives the entries of the tokens a piece releases
+        just before ``on_text`` gets that piece (which is "" for a last piece of entries only).
         """
 
     def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -163,13 +170,21 @@ async def stream_generate(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     cancel = threading.Event()
+    pending: list[tuple[TokenLogprob, ...]] = []  # entries for the next piece of text
+
+    def on_logprobs(entries: tuple[TokenLogprob, ...]) -> None:
+        pending.append(entries)
 
     def on_text(text: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, text)
+        event = StreamEvent(text=text, logprobs=tuple(e for group in pending for e in group))
+        pending.clear()
+        loop.call_soon_threadsafe(queue.put_nowait, event)
 
     def work() -> None:
         try:
-            completion = engine.generate(prompt_ids, params, on_text=on_text, cancel=cancel)
+            completion = engine.generate(
+                prompt_ids, params, on_text=on_text, cancel=cancel, on_logprobs=on_logprobs
+            )
             loop.call_soon_threadsafe(queue.put_nowait, completion)
         except BaseException as error:
             loop.call_soon_threadsafe(queue.put_nowait, error)
@@ -186,8 +201,8 @@ async def stream_generate(
                 raise item
             if isinstance(item, Completion):
                 yield StreamEvent(completion=item)
-            else:
-                yield StreamEvent(text=str(item))
+            elif isinstance(item, StreamEvent):
+                yield item
     finally:
         cancel.set()
         # Keep the worker's exception (if any) from being logged as "never retrieved".

@@ -1,118 +1,67 @@
-"""Gemini-compatible generateContent and streamGenerateContent, as google-genai calls them."""
+"""Gemini-compatible generateContent, streamGenerateContent, countTokens and models.get."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
-from app.inference.api_model import RequestModel
-from app.inference.engine import GREEDY_NOTE, Completion, SamplingParams
+from app.inference.api_route import error_responses, route_class
 from app.inference.generation import (
-    SSE_HEADERS,
-    chat_prompt,
+    EventStream,
     complete,
+    count_prompt_tokens,
     open_stream,
-    resolve_max_tokens,
+    prepare,
     sse,
-    stop_tuple,
 )
-from app.inference.state import ApiError, ServerState, StateDep
+from app.inference.protocol_gemini import (
+    CountTokensRequest,
+    CountTokensResponse,
+    ErrorResponse,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    Model,
+    ModelList,
+    error_status,
+    response,
+    served_model,
+)
+from app.inference.state import Api, ServerState, StateDep
 
-router = APIRouter(tags=["gemini"])
+router = APIRouter(tags=["gemini"], route_class=route_class(Api.GEMINI))
 
-_FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
-
-
-class _Camel(RequestModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class Part(_Camel):
-    text: str | None = None
-    inline_data: dict[str, Any] | None = None
-    file_data: dict[str, Any] | None = None
-
-
-class Content(_Camel):
-    role: Literal["user", "model"] | None = None
-    parts: list[Part] = Field(min_length=1)
+_ERRORS = error_responses(400, 401, 404, 413, 429, 503, model=ErrorResponse)
 
 
-class GenerationConfig(_Camel):
-    temperature: float | None = Field(None, ge=0, le=2, description=GREEDY_NOTE)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    max_output_tokens: int | None = Field(None, ge=1)
-    stop_sequences: list[str] | None = None
-    candidate_count: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
-    seed: int | None = None
+def gemini_model(state: ServerState) -> Model:
+    return served_model(state.model_name, state.context())
 
 
-class GenerateContentRequest(_Camel):
-    contents: list[Content] = Field(min_length=1)
-    system_instruction: Content | None = None
-    generation_config: GenerationConfig | None = None
+@router.get(
+    "/v1beta/models",
+    summary="Gemini models.list: the one served model",
+    response_model=ModelList,
+    response_model_exclude_none=True,
+    responses=error_responses(401, model=ErrorResponse),
+)
+async def list_models(state: StateDep) -> ModelList:
+    return ModelList(models=[gemini_model(state)])
 
 
-def _text(content: Content) -> str:
-    if any(part.inline_data or part.file_data for part in content.parts):
-        raise ApiError(400, "Only text parts are supported by this model server.")
-    return "".join(part.text or "" for part in content.parts)
-
-
-def _messages(body: GenerateContentRequest) -> list[dict[str, str]]:
-    messages = []
-    if body.system_instruction is not None:
-        messages.append({"role": "system", "content": _text(body.system_instruction)})
-    for content in body.contents:
-        role = "assistant" if content.role == "model" else "user"
-        messages.append({"role": role, "content": _text(content)})
-    return messages
-
-
-def _usage(completion: Completion) -> dict[str, int]:
-    return {
-        "promptTokenCount": completion.prompt_tokens,
-        "candidatesTokenCount": completion.completion_tokens,
-        "totalTokenCount": completion.prompt_tokens + completion.completion_tokens,
-    }
-
-
-def _response(state: ServerState, text: str, completion: Completion | None) -> dict[str, Any]:
-    candidate: dict[str, Any] = {
-        "content": {"role": "model", "parts": [{"text": text}]},
-        "index": 0,
-    }
-    body: dict[str, Any] = {"candidates": [candidate], "modelVersion": state.model_name}
-    if completion is not None:
-        candidate["finishReason"] = _FINISH.get(completion.finish_reason, "OTHER")
-        body["usageMetadata"] = _usage(completion)
-    return body
-
-
-async def _prepare(
-    model: str, body: GenerateContentRequest, state: ServerState
-) -> tuple[Any, list[int], SamplingParams]:
+@router.get(
+    "/v1beta/models/{model}",
+    summary="Gemini models.get: the served model; 404 for any other",
+    response_model=Model,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 404, model=ErrorResponse),
+)
+async def get_model(model: str, state: StateDep) -> Model:
     state.check_model(model)
-    engine = state.ready_engine()
-    prompt_ids = await chat_prompt(engine, _messages(body))
-    config = body.generation_config or GenerationConfig()
-    max_tokens = resolve_max_tokens(state, engine, config.max_output_tokens, len(prompt_ids))
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if config.temperature is None else config.temperature,
-        top_p=1.0 if config.top_p is None else config.top_p,
-        top_k=config.top_k,
-        stop=stop_tuple(config.stop_sequences),
-        seed=config.seed,
-    )
-    return engine, prompt_ids, params
+    return gemini_model(state)
 
 
 for _version in ("v1beta", "v1"):
@@ -121,18 +70,31 @@ for _version in ("v1beta", "v1"):
         f"/{_version}/models/{{model}}:generateContent",
         summary="Gemini generateContent",
         name=f"generate_content_{_version}",
+        response_model=GenerateContentResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
     )
     async def generate_content(
         model: str, body: GenerateContentRequest, state: StateDep
-    ) -> dict[str, Any]:
-        engine, prompt_ids, params = await _prepare(model, body, state)
-        completion = await complete(state, engine, prompt_ids, params)
-        return _response(state, completion.text, completion)
+    ) -> GenerateContentResponse:
+        state.check_model(model)
+        prepared = await prepare(state, body)
+        completion = await complete(state, prepared)
+        return response(state.model_name, completion.text, completion, completion.logprobs)
 
     @router.post(
         f"/{_version}/models/{{model}}:streamGenerateContent",
         summary="Gemini streamGenerateContent (alt=sse for server-sent events)",
         name=f"stream_generate_content_{_version}",
+        response_model=GenerateContentResponse,
+        responses={
+            200: {
+                "description": "A JSON array of GenerateContentResponse chunks; with alt=sse, "
+                "server-sent events of them",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_ERRORS,
+        },
     )
     async def stream_generate_content(
         model: str,
@@ -140,9 +102,11 @@ for _version in ("v1beta", "v1"):
         state: StateDep,
         alt: Annotated[str | None, Query(description="sse for server-sent events")] = None,
     ) -> StreamingResponse:
-        engine, prompt_ids, params = await _prepare(model, body, state)
-        events = await open_stream(state, engine, prompt_ids, params)
+        state.check_model(model)
+        prepared = await prepare(state, body)
+        events = open_stream(state, prepared)
         as_sse = alt == "sse"
+        wants_logprobs = prepared.params.logprobs is not None
 
         async def stream() -> AsyncIterator[bytes]:
             first = True
@@ -150,13 +114,13 @@ for _version in ("v1beta", "v1"):
                 yield b"["
             async for event in events:
                 if event.error is not None:
-                    item: dict[str, Any] = {
-                        "error": {"code": 500, "message": event.error, "status": "INTERNAL"}
-                    }
-                elif event.completion is None and not event.text:
+                    item: dict[str, Any] = error_status(500, event.error).model_dump()
+                elif event.completion is None and not event.text and not event.logprobs:
                     continue
                 else:
-                    item = _response(state, event.text, event.completion)
+                    logprobs = event.logprobs if wants_logprobs else None
+                    chunk = response(state.model_name, event.text, event.completion, logprobs)
+                    item = chunk.model_dump(by_alias=True, exclude_none=True)
                 if as_sse:
                     yield sse(item)
                 else:
@@ -166,4 +130,20 @@ for _version in ("v1beta", "v1"):
                 yield b"]"
 
         media = "text/event-stream" if as_sse else "application/json"
-        return StreamingResponse(stream(), media_type=media, headers=SSE_HEADERS)
+        return EventStream(stream(), prepared.slot, media)
+
+    @router.post(
+        f"/{_version}/models/{{model}}:countTokens",
+        summary="Gemini countTokens: the prompt's tokens, as generateContent counts them",
+        name=f"count_tokens_{_version}",
+        response_model=CountTokensResponse,
+        responses=_ERRORS,
+    )
+    async def count_tokens(
+        model: str, body: CountTokensRequest, state: StateDep
+    ) -> CountTokensResponse:
+        state.check_model(model)
+        inner = body.generate_content_request
+        requested = inner.model if inner is not None else None
+        total = await count_prompt_tokens(state, requested, body.prompt())
+        return CountTokensResponse(total_tokens=total)

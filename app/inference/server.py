@@ -10,36 +10,24 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.inference.api_model import INVALID_UNICODE
-from app.inference.engine import Engine, PromptError, SamplingParams
+from app.inference import protocol_gemini, protocol_generate, protocol_openai
+from app.inference.api_route import ApiRoute
+from app.inference.engine import Engine, SamplingParams
 from app.inference.logs import RequestLog
 from app.inference.model_source import ModelSourceError, resolve_model_dir
 from app.inference.settings import Settings
-from app.inference.state import Admission, ApiError, Phase, ServerState, get_state
+from app.inference.state import Admission, Api, ApiError, Phase, ServerState, get_state
 
 logger = logging.getLogger("app.inference")
 
 EngineFactory = Callable[[Settings], Engine]
-
-_GEMINI_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "INVALID_ARGUMENT",
-    413: "INVALID_ARGUMENT",
-    415: "INVALID_ARGUMENT",
-    422: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
-}
 
 
 def load_transformers_engine(settings: Settings) -> Engine:
@@ -66,90 +54,99 @@ def load_transformers_engine(settings: Settings) -> Engine:
         ) from error
 
 
-def error_body(path: str, status: int, message: str, kind: str) -> dict[str, Any]:
-    """Error JSON in the format of the API family the path belongs to."""
-    if path.startswith("/v1beta") or (path.startswith("/v1/models/") and ":" in path):
-        return {
-            "error": {
-                "code": status,
-                "message": message,
-                "status": _GEMINI_STATUS.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
-            }
-        }
-    if path.startswith("/v1/"):
-        return {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return {"detail": message}
-
-
-def _validation_message(error: RequestValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        if item.get("type") == INVALID_UNICODE:
-            problems.append(str(item.get("msg", "")))  # the message names the field itself
-            continue
-        if item.get("type") == "json_invalid":
-            return "The request body is not valid JSON: " + str(item.get("msg", ""))
-        if tuple(item.get("loc", ())) == ("body",) and item.get("type") != "missing":
-            return (
-                "The request body must be a JSON object, sent with "
-                "'Content-Type: application/json'."
-            )
-        problems.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
-    return "Invalid request: " + "; ".join(problems)
+ErrorBody = Callable[[int, str, str], dict[str, Any]]
+ERROR_BODIES: dict[Api, ErrorBody] = {
+    Api.OPENAI: protocol_openai.error_body,
+    Api.GEMINI: protocol_gemini.error_body,
+    Api.GENERATE: protocol_generate.error_body,
+}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    def respond(request: Request, status: int, message: str, kind: str) -> JSONResponse:
+    def respond(api: Api | None, status: int, message: str, kind: str) -> JSONResponse:
         headers = {"Retry-After": "1"} if status in (429, 503) else None
-        return JSONResponse(
-            error_body(request.url.path, status, message, kind), status_code=status, headers=headers
-        )
+        # No family: a path no route serves, answered in FastAPI's own {"detail"} shape.
+        render = ERROR_BODIES[api] if api is not None else protocol_generate.error_body
+        return JSONResponse(render(status, message, kind), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return respond(request, error.status, error.message, error.kind)
-
-    @app.exception_handler(PromptError)
-    async def prompt_error(request: Request, error: PromptError) -> JSONResponse:
-        return respond(request, 400, str(error), "invalid_request_error")
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return respond(request, 400, _validation_message(error), "invalid_request_error")
+        return respond(error.api, error.status, error.message, error.kind)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         message = str(error.detail)
         if error.status_code == 404:
             message = f"No route {request.method} {request.url.path}; see /docs for the API."
-        return respond(request, error.status_code, message, "invalid_request_error")
+        return respond(None, error.status_code, message, "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s", request.url.path)
-        return respond(request, 500, f"Internal error: {type(error).__name__}", "server_error")
+        route = request.scope.get("route")
+        api = route.api if isinstance(route, ApiRoute) else None
+        return respond(api, 500, f"Internal error: {type(error).__name__}", "server_error")
 
 
-async def require_api_key(request: Request) -> None:
-    """With API_KEY set, accept ``Authorization: Bearer KEY`` or ``x-goog-api-key: KEY``."""
-    state = get_state(request)
-    expected = state.settings.api_key
+def _check_api_key(request: Request, given: str, forms: str) -> None:
+    expected = get_state(request).settings.api_key
     if expected is None:
         return
+    if not given or not secrets.compare_digest(
+        given.encode(), expected.get_secret_value().encode()
+    ):
+        raise ApiError(401, f"Missing or wrong API key: send {forms}.", "authentication_error")
+
+
+def _header_key(request: Request) -> str:
     given = request.headers.get("x-goog-api-key") or ""
     authorization = request.headers.get("authorization") or ""
     if not given and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
-    if not given or not secrets.compare_digest(
-        given.encode(), expected.get_secret_value().encode()
-    ):
-        raise ApiError(
-            401,
-            "Missing or wrong API key: send 'Authorization: Bearer <API_KEY>' or "
-            "'x-goog-api-key: <API_KEY>'.",
-            "authentication_error",
-        )
+    return given
+
+
+async def require_api_key(request: Request) -> None:
+    """With API_KEY set, accept ``Authorization: Bearer KEY`` or ``x-goog-api-key: KEY``."""
+    _check_api_key(
+        request,
+        _header_key(request),
+        "'Authorization: Bearer <API_KEY>' or 'x-goog-api-key: <API_KEY>'",
+    )
+
+
+async def require_gemini_api_key(
+    request: Request,
+    key: Annotated[str | None, Query(description="the API key, as Gemini clients send it")] = None,
+) -> None:
+    """As ``require_api_key``, and Gemini's ``?key=KEY`` form too."""
+    _check_api_key(
+        request,
+        _header_key(request) or key or "",
+        "'x-goog-api-key: <API_KEY>', '?key=<API_KEY>' or 'Authorization: Bearer <API_KEY>'",
+    )
+
+
+def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The spec lists the codes the server answers: bad input is a 400 here, never a 422."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def _load_in_background(
@@ -227,11 +224,11 @@ def create_app(
     )
     _install_error_handlers(app)
     app.add_middleware(RequestLog)
+    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(routes_health.router)
     app.include_router(metrics.router)
     protected = [Depends(require_api_key)]
-    app.include_router(routes_health.models_router, dependencies=protected)
     app.include_router(routes_generate.router, dependencies=protected)
     app.include_router(routes_openai.router, dependencies=protected)
-    app.include_router(routes_gemini.router, dependencies=protected)
+    app.include_router(routes_gemini.router, dependencies=[Depends(require_gemini_api_key)])
     return app

@@ -37,9 +37,15 @@ class Settings(BaseSettings):
     max_tokens_default: int = Field(
         1024, ge=1, description="max_tokens when a request does not set it"
     )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="largest request body accepted; larger ones get 413 before being read",
+    )
     api_key: SecretStr | None = Field(
         None,
-        description="if set, requests need Authorization: Bearer KEY or x-goog-api-key: KEY",
+        description="if set, requests need Authorization: Bearer KEY or x-goog-api-key: KEY "
+        "(Gemini routes also take ?key=KEY)",
     )
     model_cache_dir: Path | None = Field(
         None, description="where gs:// and Hugging Face models are downloaded"

@@ -17,14 +17,39 @@ if TYPE_CHECKING:
     from app.inference.settings import Settings
 
 
-class ApiError(Exception):
-    """An error answered as JSON in the calling API's own error format."""
+class Api(enum.Enum):
+    """The API families the server speaks; each answers errors in its own format."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    OPENAI = "openai"
+    GEMINI = "gemini"
+    GENERATE = "generate"
+
+
+class ApiError(Exception):
+    """An error answered as JSON in its API family's own error format.
+
+    Code shared by every family (admission, model checks) raises it without ``api``; the
+    family's routes stamp theirs on it (``for_api``) before it is answered.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        api: Api | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.api = api
+
+    def for_api(self, api: Api) -> ApiError:
+        """This error, answered in ``api``'s format unless it already names a family."""
+        if self.api is None:
+            self.api = api
+        return self
 
 
 class Phase(enum.Enum):
@@ -111,6 +136,10 @@ class ServerState:
                 "unavailable",
             )
         return self.engine
+
+    def context(self) -> int | None:
+        """The served context in tokens, once the model is loaded."""
+        return self.engine.max_model_len if self.engine is not None else None
 
     def check_model(self, requested: str | None) -> None:
         name = (requested or "").removeprefix("models/")

@@ -1,4 +1,5 @@
-"""Engine backed by transformers: chat template prompts, stop at end of turn, token streaming."""
+"""Engine backed by transformers: chat template prompts, continuous batching, stop at end of
+turn, token streaming."""
 
 from __future__ import annotations
 
@@ -12,18 +13,11 @@ from typing import Any, cast
 
 import jinja2
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.inference.engine import Completion, Engine, PromptError, SamplingParams
+from app.inference.batching import BatchRequest, Scheduler
+from app.inference.engine import Completion, Engine, PromptError, SamplingParams, TokenLogprob
+from app.inference.sampler import TokenChooser
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +52,13 @@ def pick_device_and_dtype(dtype: str = "auto") -> tuple[torch.device, torch.dtyp
     return device, getattr(torch, dtype)
 
 
-class _TextStreamer(BaseStreamer):
+class TextStream:
     """Incremental detokenizer: turns new token ids into text, holding back partial characters
-    and anything that might be the start of a stop string."""
+    and anything that might be the start of a stop string.
+
+    With logprobs, each token's entry is released with the first piece of text at or after
+    the token's start, and entries of text cut by a stop string are dropped.
+    """
 
     def __init__(
         self,
@@ -68,33 +66,37 @@ class _TextStreamer(BaseStreamer):
         stop_ids: set[int],
         stop_strings: tuple[str, ...],
         on_text: Callable[[str], None] | None,
+        on_logprobs: Callable[[tuple[TokenLogprob, ...]], None] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.stop_strings = stop_strings
         self.on_text = on_text
+        self.on_logprobs = on_logprobs
         self.ids: list[int] = []
         self.generated = 0
-        self.prompt_seen = False
         self.prefix_offset = 0
         self.read_offset = 0
         self.text = ""  # decoded text of ``ids``
         self.sent = 0  # characters of ``text`` already handed to ``on_text``
         self.hit_stop = False
+        # (where in ``text`` the token's text starts, its entry); ``released`` of them sent.
+        self.entries: list[tuple[int, TokenLogprob]] = []
+        self.released = 0
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            if self.hit_stop:
-                return
-            self.generated += 1
-            if token in self.stop_ids:
-                self.hit_stop = True
-                return
-            self.ids.append(int(token))
-            self._decode_new()
+    def add(self, token: int, entry: TokenLogprob | None = None) -> bool:
+        """Take one generated token; True once generation should stop (a stop id or string)."""
+        if self.hit_stop:
+            return True
+        self.generated += 1
+        if token in self.stop_ids:
+            self.hit_stop = True
+            return True
+        self.ids.append(token)
+        if entry is not None:
+            self.entries.append((len(self.text), entry))
+        self._decode_new()
+        return self.hit_stop
 
     def _decode_new(self) -> None:
         prefix = self.tokenizer.decode(
@@ -118,6 +120,8 @@ class _TextStreamer(BaseStreamer):
                 self.text = self.text[:index]
                 self.hit_stop = True
                 ready = len(self.text)
+                while len(self.entries) > self.released and self.entries[-1][0] >= index:
+                    self.entries.pop()
                 break
         if not self.hit_stop and not final:
             # Hold back a suffix that could grow into a stop string.
@@ -126,56 +130,30 @@ class _TextStreamer(BaseStreamer):
                     if self.text.endswith(stop[:size]):
                         ready = min(ready, len(self.text) - size)
                         break
-        if ready > self.sent:
-            piece = self.text[self.sent : ready]
-            self.sent = ready
-            if self.on_text is not None:
-                self.on_text(piece)
+        releasing = self.released
+        while releasing < len(self.entries) and (final or self.entries[releasing][0] < ready):
+            releasing += 1
+        piece = self.text[self.sent : ready] if ready > self.sent else ""
+        if not piece and releasing == self.released:
+            return
+        self.sent = max(self.sent, ready)
+        if self.on_logprobs is not None and releasing > self.released:
+            self.on_logprobs(tuple(entry for _, entry in self.entries[self.released : releasing]))
+        self.released = releasing
+        if self.on_text is not None:
+            self.on_text(piece)
 
     def end(self) -> None:
         self._emit(final=True)
 
-
-class _StopWhen(StoppingCriteria):
-    def __init__(self, streamer: _TextStreamer, cancel: threading.Event | None) -> None:
-        self.streamer = streamer
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
-        stop = self.streamer.hit_stop or (self.cancel is not None and self.cancel.is_set())
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-class _FiniteLogits(LogitsProcessor):
-    """Temperature scaling that can neither overflow nor spread NaN into the sampler.
-
-    transformers divides the raw logits by the temperature, so a tiny temperature or an inf
-    logit turns them into inf and NaN, and sampling then fails. Here a NaN logit never wins,
-    +inf logits share the choice among themselves, and the logits are shifted to a maximum of
-    0 before the division, so every result stays in [-inf, 0].
-    """
-
-    def __init__(self, temperature: float | None) -> None:
-        self.temperature = temperature  # None: greedy, no scaling
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
-        logits = torch.nan_to_num(scores.float(), nan=-torch.inf, posinf=torch.inf)
-        infinite = torch.isposinf(logits)
-        rows = infinite.any(dim=-1, keepdim=True)
-        logits = torch.where(rows, torch.where(infinite, 0.0, -torch.inf), logits)
-        best = logits.max(dim=-1, keepdim=True).values
-        if not bool(torch.isfinite(best).all()):
-            raise RuntimeError(
-                "the model produced no finite logit (all NaN or -inf): its weights are broken; "
-                "re-export the merged model"
-            )
-        if self.temperature is None:
-            return logits
-        return (logits - best) / self.temperature
+    @property
+    def logprobs(self) -> tuple[TokenLogprob, ...]:
+        return tuple(entry for _, entry in self.entries)
 
 
 class TransformersEngine(Engine):
-    """Loads a merged model folder with transformers and generates one request per call."""
+    """Loads a merged model folder with transformers; concurrent ``generate`` calls decode
+    together in one batch (see ``app.inference.batching``)."""
 
     def __init__(
         self,
@@ -216,9 +194,7 @@ class TransformersEngine(Engine):
         self.stop_ids = self._stop_token_ids()
         defaults = self.model.generation_config
         self.default_top_k = getattr(defaults, "top_k", None)
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = next(iter(self.stop_ids))
+        self.scheduler = Scheduler(self.model, self.device, self.dtype, self._token_text)
         if not getattr(self.tokenizer, "chat_template", None):
             logger.warning("the tokenizer has no chat template; chat requests will be rejected")
         logger.info(
@@ -244,6 +220,9 @@ class TransformersEngine(Engine):
         ids.update(vocab[token] for token in TURN_STOP_TOKENS if token in vocab)
         return ids
 
+    def _token_text(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise PromptError(
@@ -259,52 +238,42 @@ class TransformersEngine(Engine):
         except jinja2.TemplateError as error:
             raise PromptError(f"the chat template rejected these messages: {error}") from error
 
-    def _top_k(self, requested: int | None) -> int:
-        # None means the model's default; 0 means no top-k cut, as in vLLM and Gemini.
-        return int(self.default_top_k or 0) if requested is None else requested
-
     def encode(self, prompt: str, *, chat: bool) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=not chat))
 
-    @torch.inference_mode()
     def generate(
         self,
         prompt_ids: list[int],
         params: SamplingParams,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        on_logprobs: Callable[[tuple[TokenLogprob, ...]], None] | None = None,
     ) -> Completion:
         self.check_length(len(prompt_ids), params.max_tokens)
-        streamer = _TextStreamer(self.tokenizer, self.stop_ids, params.stop, on_text)
-        greedy = params.greedy
-        config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            do_sample=not greedy,
-            # _FiniteLogits applies the temperature: transformers' own division overflows.
-            temperature=None,
-            top_p=None if greedy else params.top_p,
-            top_k=None if greedy else self._top_k(params.top_k),
-            eos_token_id=sorted(self.stop_ids),
-            pad_token_id=self.pad_id,
-        )
-        if params.seed is not None:
-            # Any integer a client sends is a valid seed; torch only takes 64 bits.
-            torch.manual_seed(params.seed % 2**64)
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-        self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            generation_config=config,
-            streamer=streamer,
-            logits_processor=LogitsProcessorList(
-                [_FiniteLogits(None if greedy else params.temperature)]
+        stream = TextStream(self.tokenizer, self.stop_ids, params.stop, on_text, on_logprobs)
+        request = BatchRequest(
+            prompt_ids=list(prompt_ids),
+            max_tokens=params.max_tokens,
+            chooser=TokenChooser(
+                params, prompt_ids, self.vocab_size, self.device, self.default_top_k
             ),
-            stopping_criteria=StoppingCriteriaList([_StopWhen(streamer, cancel)]),
+            on_token=stream.add,
+            logprobs=params.logprobs,
+            cancel=cancel,
         )
-        finish = "stop" if streamer.hit_stop else "length"
+        self.scheduler.submit(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        stream.end()
         return Completion(
-            text=streamer.text,
+            text=stream.text,
             prompt_tokens=len(prompt_ids),
-            completion_tokens=streamer.generated,
-            finish_reason=finish,
+            completion_tokens=stream.generated,
+            finish_reason="stop" if stream.hit_stop else "length",
+            logprobs=stream.logprobs if params.logprobs is not None else None,
         )
+
+    def close(self) -> None:
+        """Stop the scheduler thread; requests still in it fail."""
+        self.scheduler.close()

@@ -45,6 +45,85 @@ def test_models_lists_the_served_model(oai: openai.OpenAI) -> None:
     assert [m.id for m in models] == [MODEL]
 
 
+def test_openai_models_retrieve(oai: openai.OpenAI) -> None:
+    card = oai.models.retrieve(MODEL)
+    assert card.id == MODEL
+    assert card.owned_by == "gemma-stack"
+    with pytest.raises(openai.NotFoundError, match="serves 'gemma-sql'"):
+        oai.models.retrieve("gpt-4")
+
+
+def test_gemini_models_get(gemini: genai.Client) -> None:
+    model = gemini.models.get(model=MODEL)
+    assert model.name == f"models/{MODEL}"
+    assert model.input_token_limit == 8192
+    assert model.supported_actions is not None
+    assert "generateContent" in model.supported_actions
+    with pytest.raises(genai_errors.ClientError) as caught:
+        gemini.models.get(model="gemini-2.5-flash")
+    assert caught.value.code == 404
+
+
+def test_gemini_count_tokens_matches_the_prompt_count_of_generate(gemini: genai.Client) -> None:
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="hello")]),
+        types.Content(role="model", parts=[types.Part(text="SELECT 1;")]),
+        types.Content(role="user", parts=[types.Part(text="names of all users")]),
+    ]
+    counted = gemini.models.count_tokens(model=MODEL, contents=contents)
+    reply = gemini.models.generate_content(model=MODEL, contents=contents)
+    assert reply.usage_metadata is not None
+    assert counted.total_tokens == reply.usage_metadata.prompt_token_count
+    assert counted.total_tokens is not None
+    assert counted.total_tokens > 10
+
+
+def test_sdk_logprobs(oai: openai.OpenAI, gemini: genai.Client) -> None:
+    reply = oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "names"}],
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert "".join(t.token for t in logprobs.content) == SCRIPTED_REPLY
+    assert all(len(t.top_logprobs) == 2 for t in logprobs.content)
+
+    answer = gemini.models.generate_content(
+        model=MODEL,
+        contents="names",
+        config=types.GenerateContentConfig(temperature=0, response_logprobs=True, logprobs=2),
+    )
+    assert answer.candidates is not None
+    result = answer.candidates[0].logprobs_result
+    assert result is not None
+    assert result.chosen_candidates is not None
+    assert "".join(c.token or "" for c in result.chosen_candidates) == SCRIPTED_REPLY
+    assert answer.candidates[0].avg_logprobs is not None
+    assert answer.candidates[0].avg_logprobs <= 0
+
+
+def test_sdk_calls_with_refused_fields_get_a_clear_400(
+    oai: openai.OpenAI, gemini: genai.Client
+) -> None:
+    with pytest.raises(openai.BadRequestError, match="'tools' is not supported"):
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        )
+    with pytest.raises(genai_errors.ClientError, match="responseMimeType") as caught:
+        gemini.models.generate_content(
+            model=MODEL,
+            contents="hi",
+            config=types.GenerateContentConfig(response_mime_type="application/json"),
+        )
+    assert caught.value.code == 400
+
+
 def test_chat_completion_returns_only_the_reply_and_stops_at_end_of_turn(
     oai: openai.OpenAI,
 ) -> None:
@@ -301,6 +380,21 @@ def test_api_key_is_required_everywhere_but_health(
     assert call({"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert call({"x-goog-api-key": API_KEY}).status_code == 200
     assert httpx.get(gs_server.url + "/health").status_code == 200
+
+
+def test_gemini_routes_also_take_the_key_as_a_query_parameter(gs_server: ServerProcess) -> None:
+    body = {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"maxOutputTokens": 2}}
+    path = f"{gs_server.url}/v1beta/models/{MODEL}:generateContent"
+    assert httpx.post(path, params={"key": API_KEY}, json=body, timeout=30).status_code == 200
+    wrong = httpx.post(path, params={"key": "wrong"}, json=body, timeout=30)
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert "?key=" in wrong.json()["error"]["message"]
+    model = httpx.get(f"{gs_server.url}/v1beta/models/{MODEL}", params={"key": API_KEY})
+    assert model.status_code == 200
+    # Only Gemini clients send keys in the URL; the OpenAI routes keep them in headers.
+    openai_route = httpx.get(f"{gs_server.url}/v1/models", params={"key": API_KEY})
+    assert openai_route.status_code == 401
 
 
 def test_wrong_key_error_names_both_headers(gs_server: ServerProcess) -> None:

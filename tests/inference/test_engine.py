@@ -12,7 +12,8 @@ import torch
 
 from app.inference import transformers_engine
 from app.inference.engine import PromptError, SamplingParams, stream_generate
-from app.inference.routes_generate import sql_user_turn
+from app.inference.protocol_generate import sql_user_turn
+from app.inference.sampler import TokenChooser
 from app.inference.transformers_engine import TransformersEngine, pick_device_and_dtype
 from tests.inference.inference_fixtures import SCRIPTED_REPLY
 
@@ -160,13 +161,15 @@ def test_any_integer_seed_is_accepted_and_reproducible(random_engine: Transforme
     assert runs[2]
 
 
-def test_top_k_zero_turns_the_cut_off(
-    random_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(random_engine, "default_top_k", 64)  # Gemma 3's generation_config
-    assert random_engine._top_k(None) == 64
-    assert random_engine._top_k(0) == 0
-    assert random_engine._top_k(7) == 7
+def test_top_k_zero_turns_the_cut_off() -> None:
+    def top_k(requested: int | None) -> int:
+        params = SamplingParams(max_tokens=1, top_k=requested)
+        # 64 is Gemma 3's generation_config default.
+        return TokenChooser(params, [], 100, torch.device("cpu"), default_top_k=64).top_k
+
+    assert top_k(None) == 64
+    assert top_k(0) == 0
+    assert top_k(7) == 7
 
 
 def test_a_gpu_that_torch_cannot_use_stops_the_server(

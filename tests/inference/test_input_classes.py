@@ -174,6 +174,11 @@ SURROGATE_CASES = [
     ),
     (GEMINI, _gemini(stopSequences=[SURROGATE]), "generationConfig.stopSequences[0]"),
     (GEMINI_STREAM, {"contents": [{"parts": [{"text": SURROGATE}]}]}, "contents[0].parts[0].text"),
+    (
+        f"/v1beta/models/{MODEL}:countTokens",
+        {"contents": [{"parts": [{"text": SURROGATE}]}]},
+        "contents[0].parts[0].text",
+    ),
     # Keys are text too, even of fields the route ignores.
     (CHAT, {**_chat(), SURROGATE: 1}, "a key"),
 ]

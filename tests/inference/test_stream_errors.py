@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.inference.engine import Completion, SamplingParams
+from app.inference.engine import Completion, SamplingParams, TokenLogprob
 from app.inference.server import create_app
 from app.inference.settings import Settings
 from app.inference.transformers_engine import TransformersEngine
@@ -25,15 +25,16 @@ class FailsAfterFirstToken(TransformersEngine):
         params: SamplingParams,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        on_logprobs: Callable[[tuple[TokenLogprob, ...]], None] | None = None,
     ) -> Completion:
         if on_text is None:  # warm-up and non-streaming paths stay healthy
-            return super().generate(prompt_ids, params, on_text, cancel)
+            return super().generate(prompt_ids, params, on_text, cancel, on_logprobs)
 
         def fail(piece: str) -> None:
             on_text(piece)
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-        return super().generate(prompt_ids, params, fail, cancel)
+        return super().generate(prompt_ids, params, fail, cancel, on_logprobs)
 
 
 def _events(body: str) -> list[str]:

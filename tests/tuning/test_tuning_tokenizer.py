@@ -143,7 +143,7 @@ def test_gemma_output_renders_with_the_gemma3_chat_template(
 
 
 def test_sql_turn_matches_what_the_inference_app_sends() -> None:
-    from app.inference.routes_generate import sql_user_turn as served_turn  # noqa: PLC0415
+    from app.inference.protocol_generate import sql_user_turn as served_turn  # noqa: PLC0415
 
     schema = "CREATE TABLE users (id INT, name TEXT);\nCREATE TABLE orders (id INT);"
     question = "Which users have no orders?"
