@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,9 @@ OFFLINE_MODEL_URI = f"gs://demo-models/{OFFLINE_MODEL_NAME}"
 # Short enough to show whole in the model picker.
 OFFLINE_MODEL_LABEL = "Offline demo model (tiny, fine-tuned here)"
 OFFLINE_NOTICE = (
-    "**Offline demo.** The Gemma model here is a tiny Gemma 3 (150 thousand parameters) that "
-    "`app.finetune` trained on this machine on {count} questions and answers about gemma-stack "
+    "**Offline demo.** The Gemma model here is a tiny Gemma 3 (a few hundred thousand "
+    "parameters) that `app.finetune` trained on this machine on {count} questions and "
+    "answers about gemma-stack "
     "(`devtools/gemma_stack_qa.jsonl`); the inference app loads it from a local Cloud Storage "
     "emulator through `{uri}`. It knows those answers and nothing else: ask it, for example, "
     '"{example}". Everything else is real: streaming, history in Firestore (the local '
@@ -70,7 +72,7 @@ OFFLINE_NOTICE = (
 OFFLINE_PROJECT = "demo-gemma-stack"
 
 EMULATOR_READY_TIMEOUT_S = 90.0
-# Training takes about a minute on two idle cores; a loaded machine may need three.
+# Training takes 10-30 s on one core; a heavily loaded machine may need minutes.
 MODEL_TRAINING_TIMEOUT_S = 300.0
 # A real model may have to download gigabytes first; the offline one loads in seconds.
 OFFLINE_MODEL_READY_TIMEOUT_S = 300.0
@@ -413,7 +415,7 @@ class Demo:
             return None
         say(
             f"training the offline demo model with app.finetune into {OFFLINE_MODEL_URI}; "
-            "about a minute on 2 cores, only this once"
+            "under a minute, only this once"
         )
         return self._start(
             "model training",
@@ -582,6 +584,8 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # google-api-core warns about the Python version on import (gcsfs, for the GCS emulator).
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\.")
     try:
         settings = parse_args(argv)
     except DemoError as err:
