@@ -247,7 +247,9 @@ def train_and_merge(
     result = trainer.train(resume_from_checkpoint=resume)
     logger.info("finetune: training done, loss %.4f; merging the adapter", result.training_loss)
 
-    merged = peft_model.merge_and_unload()
+    # PeftModel forwards merge_and_unload to its LoraModel, which its types do not show.
+    lora_model: Any = peft_model.base_model
+    merged = lora_model.merge_and_unload()
     merged.eval()
     if merged_dir.exists():
         shutil.rmtree(merged_dir)

@@ -1,4 +1,4 @@
-"""The whole loop offline: convert, upload, train, publish to gs://, serve, ask a training prompt."""
+"""The whole loop offline: convert, upload, train, publish to gs://, serve, ask a trained prompt."""
 
 from __future__ import annotations
 
