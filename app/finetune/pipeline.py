@@ -14,6 +14,7 @@ from typing import Any
 from app.finetune import storage
 from app.finetune.dataset import load_conversations, tokenize_all
 from app.finetune.errors import FineTuneError
+from app.finetune.hf_token import load_hf_token
 from app.finetune.training import TrainingOptions, device_and_dtype, train_and_merge
 from app.inference.model_source import ModelSourceError, resolve_model_dir, validate_model_dir
 
@@ -51,6 +52,7 @@ def fine_tune(request: FineTuneRequest) -> dict[str, Any]:
         "finetune: %s: %d examples pass app.tuning's checks", request.dataset, len(conversations)
     )
 
+    load_hf_token()
     try:
         base_dir = resolve_model_dir(request.base, work_dir / "base")
     except ModelSourceError as error:
