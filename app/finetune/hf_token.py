@@ -11,7 +11,7 @@ import os
 
 from app.finetune.errors import FineTuneError
 
-SECRET_ENV = "HF_TOKEN_SECRET"  # noqa: S105 - names the variable, holds no secret
+SECRET_ENV = "HF_TOKEN_SECRET"  # noqa: S105  # pragma: allowlist secret - a variable name
 
 
 def load_hf_token() -> None:

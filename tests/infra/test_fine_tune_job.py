@@ -29,7 +29,7 @@ JOB = {
     "learningRate": 0.0002,
 }
 SERVICE = {"name": "gemma-sql", "flavour": "finetuned", "fineTuneJob": "sql"}
-FAKE_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789ab"  # noqa: S105 - a test value
+FAKE_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789ab"  # pragma: allowlist secret
 
 
 @pytest.fixture(scope="module")
