@@ -17,7 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
-from components.gemma_on_gke import L4_SELECTOR
+from components.gpu_software import L4_SELECTOR
 from components.pod_security import restricted_container, restricted_pod
 
 WORK_MOUNT = "/work"
