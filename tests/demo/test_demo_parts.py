@@ -289,3 +289,33 @@ sys.exit(OneServer(settings).run())
     assert runner.returncode == 0, output
     assert "stopped; no process left running" in output
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_trained_demo_model_is_reused_and_a_changed_dataset_trains_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devtools.gcs_emulator import GcsEmulator  # noqa: PLC0415
+
+    with GcsEmulator.start() as gcs:
+        runner = Demo(_settings(tmp_path))
+        monkeypatch.setattr(runner, "_start_gcs", lambda port: gcs)
+        started: list[list[str]] = []
+        monkeypatch.setattr(runner, "_start", lambda name, argv, env, log: started.append(argv))
+        gcs.create_bucket("demo-models")
+        marker = f"demo-models/{demo.OFFLINE_MODEL_NAME}/finetune-complete.json"
+        about = {
+            "dataset_sha256": demo_model.dataset_digest(),
+            "base": f"/somewhere/{demo_model.BASE_NAME}",
+            "finished_at": "2026-12-01T10:00:00+00:00",
+        }
+        gcs.filesystem().pipe_file(marker, json.dumps(about).encode())
+
+        assert runner._start_demo_model_training(0) is None
+        assert "reusing the offline demo model" in capsys.readouterr().out
+        assert started == []
+
+        gcs.filesystem().pipe_file(marker, json.dumps({**about, "dataset_sha256": "old"}).encode())
+        runner._start_demo_model_training(0)
+        (argv,) = started
+        assert argv[1:3] == ["-m", "devtools.demo_model"]
+        assert f"--output={demo.OFFLINE_MODEL_URI}" in argv
