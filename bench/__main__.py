@@ -6,7 +6,12 @@ import argparse
 import subprocess
 import sys
 
-BENCHMARKS = ("bench.inference_bench", "bench.chat_bench", "bench.tuning_bench")
+BENCHMARKS = (
+    "bench.inference_bench",
+    "bench.chat_bench",
+    "bench.tuning_bench",
+    "bench.finetune_bench",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
