@@ -148,7 +148,7 @@ def parse_args(
         "--model-uri",
         default=env.get("MODEL_URI") or None,
         help="gs://bucket/path, a local model folder, or a Hugging Face id "
-        "(default: an offline demo model with random weights)",
+        "(default: the offline demo model, fine-tuned here on questions about gemma-stack)",
     )
     parser.add_argument("--port", type=_port_number, default=port_default("DEMO_CHAT_PORT", 7860))
     parser.add_argument(
