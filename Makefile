@@ -32,8 +32,9 @@ venv: $(VENV)/.installed
 
 # Each lock is compiled from its .in file; existing pins are kept unless LOCK_ARGS says
 # otherwise, e.g. make lock LOCK_ARGS="--upgrade-package gradio". `pulumi up` runs on any
-# system; the images and the dev environment are Linux with Python 3.11. The dev lock
-# comes last because it is constrained by the other three.
+# system; the images and the dev environment are Linux with Python 3.11. The fine-tuning lock
+# shares the inference lock's versions; the dev lock comes last because it is constrained by
+# all the others.
 COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --no-strip-extras \
 	--excludes requirements-excluded.txt --custom-compile-command "make lock" $(LOCK_ARGS)
 LINUX   := --python-version 3.11 --python-platform x86_64-manylinux_2_28
@@ -42,6 +43,7 @@ lock: venv
 	$(COMPILE) --universal --python-version 3.11 -o requirements.txt requirements.in
 	$(COMPILE) $(LINUX) -o app/chat/requirements.txt app/chat/requirements.in
 	$(COMPILE) $(LINUX) -o app/inference/requirements.txt app/inference/requirements.in
+	$(COMPILE) $(LINUX) -c app/inference/requirements.txt -o app/finetune/requirements.txt app/finetune/requirements.in
 	$(COMPILE) $(LINUX) -o requirements-dev.txt requirements-dev.in
 
 # checkov pins its own dependencies, so it lives in a tool environment of its own.

@@ -11,6 +11,7 @@ BENCHMARKS = (
     "bench.peer_bench",
     "bench.chat_bench",
     "bench.tuning_bench",
+    "bench.finetune_bench",
 )
 
 

@@ -8,7 +8,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 
-from components.gpu_software import VLLM_IMAGE, vllm_image_cuda
+from components.gpu_software import L4_SELECTOR, VLLM_IMAGE, vllm_image_cuda
 from components.pod_monitoring import collector_peer, pod_monitoring, prometheus_pod_metric
 from components.pod_security import restricted_container, restricted_pod
 
@@ -16,12 +16,6 @@ VLLM_PORT = 8000
 SERVICE_NAME = "gemma-service"
 # The vLLM container's name, as Cloud Monitoring's GPU metrics label it.
 CONTAINER_NAME = "vllm"
-# `latest` is the driver Google's GKE GPU samples select: our vLLM image is built on CUDA 13,
-# which the default driver of older GKE versions cannot run.
-L4_SELECTOR = {
-    "cloud.google.com/gke-accelerator": "nvidia-l4",
-    "cloud.google.com/gke-gpu-driver-version": "latest",
-}
 # States the CUDA runtime the container needs, for whoever debugs a driver mismatch.
 CUDA_ANNOTATION = "gemma-stack/cuda"
 # Autopilot offers L4 pods with these GPU counts only.

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 
 Cuda = tuple[int, int]
 
+# Every GKE pod on an L4 (vLLM, fine-tuning). `latest` is the driver Google's GKE GPU samples
+# select: our vLLM image is built on CUDA 13, which the default driver of older GKE versions
+# cannot run.
+L4_SELECTOR = {
+    "cloud.google.com/gke-accelerator": "nvidia-l4",
+    "cloud.google.com/gke-gpu-driver-version": "latest",
+}
+
 
 @dataclass(frozen=True)
 class GpuDriver:

@@ -244,6 +244,9 @@ class ImageBuildArgs:
     root_dir: Path = Path()
     # Include ArtifactRegistry.build_access, so the build starts once its grants apply.
     depends_on: Sequence[pulumi.Resource] = ()
+    # Relative to context_dir: an app that also ships sibling folders (app/finetune runs
+    # app/tuning) builds from their parent with its own Dockerfile.
+    dockerfile: str = "Dockerfile"
 
 
 class ImageBuild(pulumi.ComponentResource):
@@ -265,16 +268,17 @@ class ImageBuild(pulumi.ComponentResource):
             raise ValueError(
                 f"ImageBuild {name!r}: build folder {args.context_dir} does not exist."
             )
-        if not (context / "Dockerfile").is_file():
+        if not (context / args.dockerfile).is_file():
             raise ValueError(
-                f"ImageBuild {name!r}: {args.context_dir} has no Dockerfile; add one or set a "
-                "prebuilt image URI in config to skip this build."
+                f"ImageBuild {name!r}: {args.context_dir} has no {args.dockerfile}; add one or "
+                "set a prebuilt image URI in config to skip this build."
             )
         if problem := build_region_problem(args.build_region):
             raise ValueError(f"ImageBuild {name!r}: {problem}")
         self.tag = image_tag(context)
         image = pulumi.Output.concat(args.registry_url, "/", args.image_name, ":", self.tag)
         repo_root = Path(__file__).resolve().parents[1]
+        dockerfile = "" if args.dockerfile == "Dockerfile" else f",_DOCKERFILE={args.dockerfile}"
         config_path = BUILD_CONFIG.relative_to(repo_root)
         script_path = SUBMIT_SCRIPT.relative_to(repo_root)
         create = pulumi.Output.all(
@@ -288,7 +292,7 @@ class ImageBuild(pulumi.ComponentResource):
                     f"--project={v[0]}",
                     f"--region={args.build_region}",
                     f"--config={config_path.as_posix()}",
-                    f"--substitutions=_IMAGE={v[3]}",
+                    f"--substitutions=_IMAGE={v[3]}{dockerfile}",
                     f"--service-account=projects/{v[0]}/serviceAccounts/{v[1]}",
                     f"--gcs-source-staging-dir=gs://{v[2]}/source",
                     "--quiet",

@@ -1,15 +1,18 @@
 """Runs the whole product on this machine, offline: Firestore emulator, inference app and chat app.
 
-`make demo` calls `python -m devtools.demo`. It builds a tiny random-weight Gemma 3 once (or serves
-the model named by `--model-uri` / `MODEL_URI`), starts the three servers on 127.0.0.1, waits until
-each is healthy, prints one URL, and on Ctrl-C or SIGTERM stops every process it started.
+`make demo` calls `python -m devtools.demo`. Unless `--model-uri` / `MODEL_URI` names a model, it
+serves the offline demo model: a tiny Gemma 3 that app.finetune trains once on questions about
+gemma-stack (devtools/demo_model.py), kept in a local Cloud Storage emulator and loaded through
+gs:// as in production. It starts the servers on 127.0.0.1, waits until each is healthy, prints
+one URL, and on Ctrl-C or SIGTERM stops every process it started.
 
 Settings (flag, else environment variable, else default):
-  --model-uri        MODEL_URI              the offline demo model built under DEMO_HOME
+  --model-uri        MODEL_URI              the offline demo model, trained under DEMO_HOME
   --port             DEMO_CHAT_PORT         7860
   --inference-port   DEMO_INFERENCE_PORT    8080
   --firestore-port   DEMO_FIRESTORE_PORT    8081
-  --home             DEMO_HOME              .demo (the built model, downloads, logs)
+  --gcs-port         DEMO_GCS_PORT          8082 (the Cloud Storage emulator of the offline model)
+  --home             DEMO_HOME              .demo (the trained model, downloads, logs)
 A busy port is replaced by the next free one, and the demo says so.
 """
 
@@ -25,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +37,10 @@ from typing import Any, TypeVar
 
 import psutil
 
+from app.finetune.storage import read_marker
+from devtools import demo_model
 from devtools.firestore_emulator import FirestoreEmulator
+from devtools.gcs_emulator import CLIENT_ENV, GcsEmulator
 from devtools.processes import (
     ChildProcess,
     NotReadyError,
@@ -47,20 +54,26 @@ from devtools.processes import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
-OFFLINE_MODEL_NAME = "offline-demo-gemma3"
+OFFLINE_MODEL_NAME = "gemma-stack-qa"
+OFFLINE_MODEL_URI = f"gs://demo-models/{OFFLINE_MODEL_NAME}"
 # Short enough to show whole in the model picker.
-OFFLINE_MODEL_LABEL = "Offline demo model (random weights)"
+OFFLINE_MODEL_LABEL = "Offline demo model (tiny, fine-tuned here)"
 OFFLINE_NOTICE = (
-    "**Offline demo.** The Gemma model here is a tiny model with random weights, built on "
-    "this machine, so its replies are gibberish. Everything else is real: streaming, "
-    "history in Firestore (the local emulator), restoring conversations. "
+    "**Offline demo.** The Gemma model here is a tiny Gemma 3 (a few hundred thousand "
+    "parameters) that `app.finetune` trained on this machine on {count} questions and "
+    "answers about gemma-stack "
+    "(`devtools/gemma_stack_qa.jsonl`); the inference app loads it from a local Cloud Storage "
+    "emulator through `{uri}`. It knows those answers and nothing else: ask it, for example, "
+    '"{example}". Everything else is real: streaming, history in Firestore (the local '
+    "emulator), restoring conversations. "
     "Run `make demo MODEL_URI=google/gemma-3-1b-it` (with `HF_TOKEN`) for a real model."
 )
 # The firestore client needs a project id; a `demo-` project never reaches a real Google project.
 OFFLINE_PROJECT = "demo-gemma-stack"
 
 EMULATOR_READY_TIMEOUT_S = 90.0
-MODEL_BUILD_TIMEOUT_S = 300.0
+# Training takes 10-30 s on one core; a heavily loaded machine may need minutes.
+MODEL_TRAINING_TIMEOUT_S = 300.0
 # A real model may have to download gigabytes first; the offline one loads in seconds.
 OFFLINE_MODEL_READY_TIMEOUT_S = 300.0
 REAL_MODEL_READY_TIMEOUT_S = 3600.0
@@ -95,14 +108,20 @@ class DemoSettings:
     inference_port: int
     firestore_port: int
     model_uri: str | None
+    gcs_port: int = 8082
 
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
     @property
-    def offline_model_dir(self) -> Path:
-        return self.home / "models" / "tiny-gemma3"
+    def gcs_data_dir(self) -> Path:
+        """The Cloud Storage emulator's buckets, kept between runs."""
+        return self.home / "gcs"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.home / "models"
 
 
 def _port_number(raw: str) -> int:
@@ -129,7 +148,7 @@ def parse_args(
         "--model-uri",
         default=env.get("MODEL_URI") or None,
         help="gs://bucket/path, a local model folder, or a Hugging Face id "
-        "(default: an offline demo model with random weights)",
+        "(default: the offline demo model, fine-tuned here on questions about gemma-stack)",
     )
     parser.add_argument("--port", type=_port_number, default=port_default("DEMO_CHAT_PORT", 7860))
     parser.add_argument(
@@ -137,6 +156,9 @@ def parse_args(
     )
     parser.add_argument(
         "--firestore-port", type=_port_number, default=port_default("DEMO_FIRESTORE_PORT", 8081)
+    )
+    parser.add_argument(
+        "--gcs-port", type=_port_number, default=port_default("DEMO_GCS_PORT", 8082)
     )
     parser.add_argument("--home", type=Path, default=Path(env.get("DEMO_HOME") or ".demo"))
     args = parser.parse_args(argv)
@@ -147,6 +169,7 @@ def parse_args(
         inference_port=args.inference_port,
         firestore_port=args.firestore_port,
         model_uri=args.model_uri,
+        gcs_port=args.gcs_port,
     )
 
 
@@ -202,6 +225,7 @@ class Demo:
         self.settings = settings
         self.children: list[ChildProcess] = []
         self.emulator: FirestoreEmulator | None = None
+        self.gcs: GcsEmulator | None = None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -236,6 +260,9 @@ class Demo:
         chat_port = pick_port(settings.chat_port, "chat app", taken)
         inference_port = pick_port(settings.inference_port, "inference app", taken)
         firestore_port = pick_port(settings.firestore_port, "Firestore emulator", taken)
+        gcs_port = (
+            None if settings.model_uri else pick_port(settings.gcs_port, "GCS emulator", taken)
+        )
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         say(f"logs go to {display_path(settings.logs_dir)}/")
 
@@ -267,9 +294,11 @@ class Demo:
             port=chat_port,
             health_path="/healthz",
         )
-        model_build = None if settings.model_uri else self._start_offline_model_build()
+        training = None if gcs_port is None else self._start_demo_model_training(gcs_port)
         self._start_firestore(firestore_port, project)
-        model_uri = settings.model_uri or str(self._finish_offline_model(model_build))
+        if training is not None:
+            self._finish_demo_model_training(training)
+        model_uri = settings.model_uri or OFFLINE_MODEL_URI
         inference = self._start_server(
             "inference app",
             [sys.executable, "-m", "app.inference"],
@@ -278,7 +307,7 @@ class Demo:
             port=inference_port,
             health_path="/health",
         )
-        say(f"inference app is loading {settings.model_uri or 'the offline demo model'}")
+        say(f"inference app is loading {model_uri}")
         model_timeout = (
             REAL_MODEL_READY_TIMEOUT_S if settings.model_uri else OFFLINE_MODEL_READY_TIMEOUT_S
         )
@@ -352,45 +381,69 @@ class Demo:
             raise DemoError(str(err)) from err
         say(f"Firestore emulator is ready ({time.monotonic() - started:.1f} s)")
 
-    def _start_offline_model_build(self) -> ChildProcess | None:
-        """Start building the tiny random-weight Gemma 3, unless an earlier run built it."""
-        target = self.settings.offline_model_dir
-        if (target / "config.json").is_file():
-            say(f"reusing the offline demo model in {display_path(target)}")
+    def _start_gcs(self, port: int) -> GcsEmulator:
+        buckets = display_path(self.settings.gcs_data_dir)
+        say(f"starting the GCS emulator on port {port} (buckets kept in {buckets})")
+        self.settings.gcs_data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            gcs = GcsEmulator.start(
+                HOST,
+                data_dir=self.settings.gcs_data_dir,
+                port=port,
+                log_path=self.settings.logs_dir / "gcs.log",
+            )
+        except (ProcessExitedError, NotReadyError) as err:
+            raise DemoError(f"the GCS emulator did not start: {err}") from err
+        self.gcs = gcs
+        self._started(gcs.server)
+        gcs.create_bucket(OFFLINE_MODEL_URI.removeprefix("gs://").split("/", 1)[0])
+        return gcs
+
+    def _start_demo_model_training(self, gcs_port: int) -> ChildProcess | None:
+        """Start training the demo model, unless the emulator holds one from this dataset."""
+        gcs = self._start_gcs(gcs_port)
+        marker = read_marker(OFFLINE_MODEL_URI, endpoint_url=gcs.endpoint)
+        if (
+            marker is not None
+            and marker.get("dataset_sha256") == demo_model.dataset_digest()
+            and demo_model.BASE_NAME in str(marker.get("base"))
+        ):
+            say(
+                f"reusing the offline demo model in {OFFLINE_MODEL_URI} "
+                f"(trained {marker.get('finished_at')})"
+            )
             return None
-        partial = self._partial_model_dir()
-        if partial.exists():
-            shutil.rmtree(partial)
-        say(f"building the offline demo model (random weights) in {display_path(target)}")
+        say(
+            f"training the offline demo model with app.finetune into {OFFLINE_MODEL_URI}; "
+            "under a minute, only this once"
+        )
         return self._start(
-            "model build",
-            [sys.executable, "-m", "devtools.tiny_model", str(partial)],
-            {},
-            "model-build.log",
+            "model training",
+            [
+                sys.executable,
+                "-m",
+                "devtools.demo_model",
+                f"--output={OFFLINE_MODEL_URI}",
+                f"--work-dir={self.settings.training_dir}",
+            ],
+            gcs.env(),
+            "model-training.log",
         )
 
-    def _finish_offline_model(self, build: ChildProcess | None) -> Path:
-        target = self.settings.offline_model_dir
-        if build is None:
-            return target
+    def _finish_demo_model_training(self, training: ChildProcess) -> None:
         self._wait_for(
-            build,
-            lambda: build.exit_code is not None,
-            MODEL_BUILD_TIMEOUT_S,
-            watch=[c for c in self.children if c is not build],
+            training,
+            lambda: training.exit_code is not None,
+            MODEL_TRAINING_TIMEOUT_S,
+            watch=[c for c in self.children if c is not training],
         )
-        self.children.remove(build)
-        partial = self._partial_model_dir()
-        if build.exit_code != 0 or not (partial / "config.json").is_file():
-            raise DemoError(f"could not build the offline demo model. {build.crash_report()}")
-        # Renaming only a complete folder means an interrupted build is never reused.
-        partial.rename(target)
-        say(f"offline demo model built ({build.elapsed():.1f} s)")
-        return target
-
-    def _partial_model_dir(self) -> Path:
-        target = self.settings.offline_model_dir
-        return target.with_name(f"{target.name}.partial")
+        self.children.remove(training)
+        if training.exit_code != 0:
+            raise DemoError(f"could not train the offline demo model. {training.crash_report()}")
+        say(
+            f"offline demo model trained and stored in {OFFLINE_MODEL_URI} "
+            f"({training.elapsed():.1f} s)"
+        )
 
     def _inference_env(self, model_uri: str, port: int) -> dict[str, str]:
         env = {
@@ -401,13 +454,15 @@ class Demo:
             "MODEL_CACHE_DIR": str(self.settings.home / "model-cache"),
         }
         if self.settings.model_uri is None:
-            # The offline model is complete on disk; never let a library reach for the network.
-            env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            # The offline model is in the local emulator; never let a library reach further.
+            env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **CLIENT_ENV}
+            if self.gcs is not None:
+                env |= self.gcs.env()
         return env
 
     def _notice(self, why_no_gemini: str | None) -> dict[str, str]:
         """CHAT_NOTICE: what this demo is not, said plainly on the page."""
-        parts = [] if self.settings.model_uri else [OFFLINE_NOTICE]
+        parts = [] if self.settings.model_uri else [offline_notice()]
         if why_no_gemini:
             parts.append(f"Gemini is not offered: {why_no_gemini}")
         return {"CHAT_NOTICE": "\n\n".join(parts)} if parts else {}
@@ -481,6 +536,11 @@ def ensure_firestore_emulator() -> None:
         )
 
 
+def offline_notice() -> str:
+    pairs = demo_model.questions_and_answers()
+    return OFFLINE_NOTICE.format(count=len(pairs), uri=OFFLINE_MODEL_URI, example=pairs[2][0])
+
+
 def served_model_name(model_uri: str | None) -> str:
     if model_uri is None:
         return OFFLINE_MODEL_NAME
@@ -524,6 +584,8 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # google-api-core warns about the Python version on import (gcsfs, for the GCS emulator).
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\.")
     try:
         settings = parse_args(argv)
     except DemoError as err:

@@ -29,7 +29,7 @@ CLIENT_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 class GcsEmulator:
-    """A gcp-storage-emulator process on a free 127.0.0.1 port, kept in memory."""
+    """A gcp-storage-emulator process on a free 127.0.0.1 port, in memory or in a folder."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
@@ -41,8 +41,18 @@ class GcsEmulator:
         return self.server.url
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1", timeout_s: float = READY_DEADLINE_S) -> GcsEmulator:
-        port = free_port(host)
+    def start(
+        cls,
+        host: str = "127.0.0.1",
+        timeout_s: float = READY_DEADLINE_S,
+        *,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+    ) -> GcsEmulator:
+        """Start an emulator; with ``data_dir`` its buckets are files there and outlive it."""
+        port = port or free_port(host)
+        storage = ["--in-memory"] if data_dir is None else []
         server = start_server(
             "gcp-storage-emulator",
             [
@@ -52,12 +62,14 @@ class GcsEmulator:
                 "start",
                 f"--host={host}",
                 f"--port={port}",
-                "--in-memory",
+                *storage,
                 "--quiet",
             ],
             port=port,
             host=host,
             health_path="/storage/v1/b",
+            env={"STORAGE_BASE": str(data_dir)} if data_dir is not None else None,
+            log_path=log_path,
         )
         try:
             server.wait_ready(timeout_s)

@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -114,17 +115,24 @@ SHAPES: dict[str, dict[str, object]] = {
 }
 
 
-def _train_tokenizer(vocab_size: int = 600) -> Tokenizer:
+def _train_tokenizer(vocab_size: int = 600, corpus: Sequence[str] | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer; trained on ``corpus`` alone, its alphabet is that text's bytes.
+
+    A model that can only emit bytes of its (ASCII) corpus never writes half a UTF-8 character,
+    so its replies never decode to U+FFFD.
+    """
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=[] if corpus is not None else pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    # The role names of the chat template, and every ASCII character a user may type.
+    texts = [*corpus, "user\nmodel\n", string.printable] if corpus is not None else _CORPUS
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
     )
@@ -214,18 +222,24 @@ def _script_reply(
         model.lm_head.weight = torch.nn.Parameter(head)
 
 
-def build_tiny_gemma3(out_dir: Path, shape: str = "tiny", reply: str | None = None) -> Path:
+def build_tiny_gemma3(
+    out_dir: Path,
+    shape: str = "tiny",
+    reply: str | None = None,
+    corpus: Sequence[str] | None = None,
+) -> Path:
     """Write a random-weight Gemma 3 merged-model folder to ``out_dir`` and return it.
 
     Deterministic: the same arguments give the same files. ``reply`` scripts the model's
-    answer to any single-turn chat (see the module docstring).
+    answer to any single-turn chat (see the module docstring). ``corpus`` trains the tokenizer
+    on that text instead of the built-in sentences (a base model to fine-tune on it).
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dims = dict(SHAPES[shape])
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(corpus=corpus)
     vocab_size = int(dims.pop("vocab_size", tokenizer.get_vocab_size()))  # type: ignore[call-overload]
     if vocab_size > tokenizer.get_vocab_size():
         tokenizer = _pad_vocab(tokenizer, vocab_size)
@@ -236,17 +250,21 @@ def build_tiny_gemma3(out_dir: Path, shape: str = "tiny", reply: str | None = No
         pad_token_id=PAD_ID,
         eos_token_id=[EOS_ID, END_OF_TURN_ID],
         bos_token_id=BOS_ID,
-        tie_word_embeddings=reply is None,
+        # A scripted reply needs its own output head; so does a base fine-tuned with a
+        # trainable head (app.finetune --train-modules lm_head).
+        tie_word_embeddings=reply is None and corpus is None,
         dtype="bfloat16" if shape == "270m" else "float32",
         **dims,  # type: ignore[arg-type]
     )
     config.architectures = ["Gemma3ForCausalLM"]
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config)
-    with torch.no_grad():
-        # Random weights rarely end a turn by themselves: keep special tokens' logits near 0
-        # so generation runs to max_tokens unless the model is scripted.
-        model.model.embed_tokens.weight[: len(SPECIAL_TOKENS)] *= 0.01
+    if corpus is None:
+        with torch.no_grad():
+            # Random weights rarely end a turn by themselves: keep special tokens' logits near
+            # 0 so generation runs to max_tokens unless the model is scripted. A base model to
+            # fine-tune keeps them as initialised: it must learn to end its turn.
+            model.model.embed_tokens.weight[: len(SPECIAL_TOKENS)] *= 0.01
     if reply is not None:
         _script_reply(model, fast, reply)
     if shape == "270m":

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/config_docs.py > docs/configuration.md   # what `make docs` runs
     .venv/bin/python scripts/config_docs.py --check                   # exit 1 if it is stale
 
-The keys Pulumi.yaml cannot declare (cloudRunServices and the two secrets) are described in
+The keys Pulumi.yaml cannot declare (cloudRunServices, fineTuneJobs and the two secrets) are in
 scripts/config_docs_undeclared.md, which is included as it is.
 """
 

@@ -25,6 +25,7 @@ from components.cloud_run_gpu_service import (
     parse_memory_gib,
 )
 from components.cluster import RELEASE_CHANNELS
+from components.gemma_fine_tune_job import FINE_TUNE_SIZING, JOB_NAME
 from components.gemma_on_gke import MAX_REPLICAS, QUEUE_TARGET
 from components.gpu_software import (
     VLLM_IMAGE,
@@ -139,6 +140,7 @@ class CloudRunServiceConfig:
     variant: str | None = None  # prebuilt: gemma3-1b|4b|12b|27b
     model: str | None = None  # vllm: Hugging Face id or gs:// folder
     model_uri: str | None = None  # finetuned: gs://bucket/path of a merged model folder
+    fine_tune_job: str | None = None  # finetuned: the fineTuneJobs entry whose output it serves
     gcs_model: GcsModel | None = None  # vllm with gs://, or finetuned
     max_model_len: int | None = None  # vllm
     ollama_num_parallel: int | None = None  # prebuilt
@@ -194,11 +196,29 @@ class FirestoreConfig:
 
 
 @dataclass(frozen=True)
+class FineTuneJobConfig:
+    """One fineTuneJobs entry: a LoRA run of app.finetune as a Kubernetes Job on GKE."""
+
+    name: str
+    dataset: str
+    base_model: str
+    output: str
+    variant: str
+    # Hyper-parameters as app.finetune's flags, only those set in config (the app owns defaults).
+    train_args: tuple[str, ...] = ()
+
+    @property
+    def uses_hugging_face(self) -> bool:
+        return not self.base_model.startswith("gs://")
+
+
+@dataclass(frozen=True)
 class ImagesConfig:
     """Prebuilt image URIs; a set one skips its Cloud Build."""
 
     chat: str | None = None
     inference: str | None = None
+    finetune: str | None = None
 
 
 # Short enough that `chat-invoker-<suffix>` still reads whole in a 30-character account id.
@@ -267,6 +287,7 @@ class StackConfig:
     build_region: str = DEFAULT_BUILD_REGION
     preflight: PreflightConfig = PreflightConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    fine_tune_jobs: tuple[FineTuneJobConfig, ...] = ()
     hf_token: pulumi.Output[str] | None = field(default=None, repr=False)
     chat_login_password: pulumi.Output[str] | None = field(default=None, repr=False)
     # Signs login sessions; None derives one from chatLoginPassword (see stacks/platform.py).
@@ -278,9 +299,15 @@ class StackConfig:
 
     @property
     def needs_hf_token(self) -> bool:
-        return self.gke_gemma.uses_hugging_face or any(
-            s.uses_hugging_face for s in self.cloud_run_services
+        return (
+            self.gke_gemma.uses_hugging_face
+            or any(s.uses_hugging_face for s in self.cloud_run_services)
+            or any(j.uses_hugging_face for j in self.fine_tune_jobs)
         )
+
+    @property
+    def builds_fine_tune_image(self) -> bool:
+        return bool(self.fine_tune_jobs) and self.images.finetune is None
 
     @property
     def builds_chat_image(self) -> bool:
@@ -452,6 +479,7 @@ _SERVICE_KEYS = {
     "image",
     "maxModelLen",
     "ollamaNumParallel",
+    "fineTuneJob",
 }
 
 # Flavour defaults: prebuilt and vllm from Google's Cloud Run references; finetuned from the
@@ -512,7 +540,13 @@ def _typed(
 
 
 def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
-    problems: list[str], index: int, raw: Any, region: str, vllm_image: str
+    problems: list[str],
+    index: int,
+    raw: Any,
+    region: str,
+    vllm_image: str,
+    *,
+    job_outputs: Mapping[str, str] | None = None,
 ) -> CloudRunServiceConfig | None:
     where = f"cloudRunServices[{index}]"
     if not isinstance(raw, dict):
@@ -546,7 +580,7 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     public = t("public", bool, False)
     invokers_raw = raw.get("invokers", [])
     image = t("image", str, "") or ""
-    variant = model = model_uri = None
+    variant = model = model_uri = fine_tune_job = None
     gcs_model: GcsModel | None = None
     max_model_len: int | None = None
     ollama_num_parallel: int | None = None
@@ -606,8 +640,23 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
             problems.append(f"{where}.maxModelLen={max_model_len} must be at least 512.")
     else:
         model_uri = raw.get("modelUri")
+        fine_tune_job = raw.get("fineTuneJob")
+        outputs = job_outputs or {}
+        if fine_tune_job is not None:
+            if model_uri is not None:
+                problems.append(
+                    f"{where}: set modelUri or fineTuneJob, not both; fineTuneJob serves that "
+                    "job's output."
+                )
+            if fine_tune_job not in outputs:
+                problems.append(
+                    f"{where}.fineTuneJob={fine_tune_job!r} names no fineTuneJobs entry; "
+                    f"known: {sorted(outputs) or 'none'}."
+                )
+            model_uri = outputs.get(str(fine_tune_job), model_uri)
         gcs_model = parse_gcs_uri(model_uri) if isinstance(model_uri, str) else None
-        if gcs_model is None or not gcs_model.path:
+        # An unknown fineTuneJob is reported above; a job's output was checked with the job.
+        if fine_tune_job is None and (gcs_model is None or not gcs_model.path):
             problems.append(
                 f"{where}.modelUri={model_uri!r} must look like gs://BUCKET/PATH/TO/MODEL, "
                 "the merged model folder (config.json, model.safetensors, tokenizer files)."
@@ -648,13 +697,16 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
         variant=variant,
         model=model,
         model_uri=model_uri if isinstance(model_uri, str) else None,
+        fine_tune_job=str(fine_tune_job) if fine_tune_job is not None else None,
         gcs_model=gcs_model,
         max_model_len=max_model_len,
         ollama_num_parallel=ollama_num_parallel,
     )
 
 
-def _parse_services(r: _Reader, region: str) -> tuple[CloudRunServiceConfig, ...]:
+def _parse_services(
+    r: _Reader, region: str, job_outputs: Mapping[str, str] | None = None
+) -> tuple[CloudRunServiceConfig, ...]:
     raw = r.structured("cloudRunServices")
     if raw is None:
         return ()
@@ -665,13 +717,126 @@ def _parse_services(r: _Reader, region: str) -> tuple[CloudRunServiceConfig, ...
     services = [
         s
         for i, item in enumerate(raw)
-        if (s := _parse_service(r.problems, i, item, region, vllm_image))
+        if (s := _parse_service(r.problems, i, item, region, vllm_image, job_outputs=job_outputs))
     ]
     names = [s.name for s in services]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         r.problems.append(f"cloudRunServices names must be unique; repeated: {duplicates}.")
     return tuple(services)
+
+
+# fineTuneJobs keys that are app.finetune flags, with the type each takes.
+_FINE_TUNE_FLAGS: dict[str, type] = {
+    "epochs": float,
+    "maxSteps": int,
+    "learningRate": float,
+    "batchSize": int,
+    "gradientAccumulation": int,
+    "loraR": int,
+    "loraAlpha": int,
+    "loraDropout": float,
+    "maxSeqLength": int,
+    "saveSteps": int,
+    "seed": int,
+}
+_FINE_TUNE_KEYS = {"name", "dataset", "baseModel", "output", "variant", *_FINE_TUNE_FLAGS}
+_GEMMA_SIZE = re.compile(r"gemma-?3-(\d+b)", re.IGNORECASE)
+
+
+def _flag(key: str) -> str:
+    """`learningRate` -> `--learning-rate`, as app.finetune spells it."""
+    return "--" + re.sub(r"(?<!^)([A-Z])", r"-\1", key).lower()
+
+
+def _parse_fine_tune_job(  # noqa: PLR0912 - one flat checklist reads best
+    problems: list[str], index: int, raw: Any
+) -> FineTuneJobConfig | None:
+    where = f"fineTuneJobs[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object with name, dataset, baseModel and output.")
+        return None
+    unknown = sorted(set(raw) - _FINE_TUNE_KEYS)
+    if unknown:
+        problems.append(
+            f"{where} has unknown keys {unknown}; known keys: {sorted(_FINE_TUNE_KEYS)}."
+        )
+    name = str(raw.get("name", ""))
+    where = f"fineTuneJobs[{name}]" if name else where
+    if not JOB_NAME.match(name):
+        problems.append(
+            f"{where}.name={name!r} must be lowercase letters, digits and hyphens, starting "
+            "with a letter (it names the Kubernetes Job)."
+        )
+    texts = {key: raw.get(key) for key in ("dataset", "baseModel", "output")}
+    for key, value in texts.items():
+        if not isinstance(value, str) or not value:
+            problems.append(f"{where}.{key} is required.")
+    dataset, base, output = (str(texts[k] or "") for k in ("dataset", "baseModel", "output"))
+    parsed_dataset = parse_gcs_uri(dataset)
+    if dataset and (parsed_dataset is None or not parsed_dataset.path):
+        problems.append(
+            f"{where}.dataset={dataset!r} must be gs://BUCKET/PATH/train.jsonl, a dataset that "
+            "`python -m app.tuning validate` passes."
+        )
+    parsed_output = parse_gcs_uri(output)
+    if output and (parsed_output is None or not parsed_output.path):
+        problems.append(
+            f"{where}.output={output!r} must be gs://BUCKET/PATH, the folder the merged model "
+            "is written to."
+        )
+    if base and not (base.startswith("gs://") or _HF_ID.match(base)):
+        problems.append(
+            f"{where}.baseModel={base!r} must be a Hugging Face id (google/gemma-3-1b-it) or a "
+            "gs://BUCKET/PATH model folder."
+        )
+    size = _GEMMA_SIZE.search(base)
+    variant = raw.get("variant") or (f"gemma3-{size.group(1).lower()}" if size else None)
+    if variant not in FINE_TUNE_SIZING:
+        problems.append(
+            f"{where}.variant={variant!r}: set the base's size, one of "
+            f"{', '.join(FINE_TUNE_SIZING)} (larger Gemma 3 models do not fit one L4 for LoRA)."
+        )
+    train_args = []
+    for key, kind in _FINE_TUNE_FLAGS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{where}.{key}={value!r} must be a number.")
+        elif kind is int and not isinstance(value, int):
+            problems.append(f"{where}.{key}={value!r} must be a whole number.")
+        elif value < 0 or (value == 0 and key not in {"loraDropout", "seed"}):
+            problems.append(f"{where}.{key}={value!r} must be above 0.")
+        else:
+            train_args.append(f"{_flag(key)}={value}")
+    return FineTuneJobConfig(
+        name=name,
+        dataset=dataset,
+        base_model=base,
+        output=output,
+        variant=str(variant),
+        train_args=tuple(train_args),
+    )
+
+
+def _parse_fine_tune_jobs(r: _Reader) -> tuple[FineTuneJobConfig, ...]:
+    raw = r.structured("fineTuneJobs")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problems.append("fineTuneJobs must be a list of job objects.")
+        return ()
+    jobs = [j for i, item in enumerate(raw) if (j := _parse_fine_tune_job(r.problems, i, item))]
+    names = [j.name for j in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        r.problems.append(f"fineTuneJobs names must be unique; repeated: {duplicates}.")
+    outputs = [j.output for j in jobs]
+    shared = sorted({o for o in outputs if outputs.count(o) > 1})
+    if shared:
+        r.problems.append(f"fineTuneJobs write to the same output {shared}; give each its own.")
+    return tuple(jobs)
 
 
 def _parse_chat_app(
@@ -843,7 +1008,8 @@ def parse_stack_config(
         )
 
     gke_gemma = _parse_gke_gemma(r)
-    services = _parse_services(r, region)
+    fine_tune_jobs = _parse_fine_tune_jobs(r)
+    services = _parse_services(r, region, {j.name: j.output for j in fine_tune_jobs})
 
     namespace = r.text("namespace", "gemma-stack")
     if not _K8S_NAME.match(namespace):
@@ -856,7 +1022,9 @@ def parse_stack_config(
         delete_protection=r.flag("firestoreDeleteProtection", FirestoreConfig.delete_protection),
     )
     images = ImagesConfig(
-        chat=r.optional_text("chatImage"), inference=r.optional_text("inferenceImage")
+        chat=r.optional_text("chatImage"),
+        inference=r.optional_text("inferenceImage"),
+        finetune=r.optional_text("fineTuneImage"),
     )
     build_region = r.text("buildRegion", DEFAULT_BUILD_REGION)
     if problem := build_region_problem(build_region):
@@ -877,6 +1045,7 @@ def parse_stack_config(
         build_region=build_region,
         preflight=_parse_preflight(r),
         monitoring=_parse_monitoring(r),
+        fine_tune_jobs=fine_tune_jobs,
         hf_token=hf_token,
         chat_login_password=chat_login_password,
         chat_session_key=chat_session_key,
@@ -886,6 +1055,11 @@ def parse_stack_config(
         if gke_gemma.uses_hugging_face:
             users.append(f"GKE Gemma ({gke_gemma.model_id})")
         users += [f"Cloud Run {s.name} ({s.model})" for s in services if s.uses_hugging_face]
+        users += [
+            f"fine-tune job {j.name} ({j.base_model})"
+            for j in fine_tune_jobs
+            if j.uses_hugging_face
+        ]
         r.problems.append(
             f"{' and '.join(users)} download Gemma from Hugging Face, which needs an access "
             "token with the Gemma license accepted: pulumi config set --secret hfToken hf_... "
@@ -929,6 +1103,8 @@ STACK_KEYS: tuple[str, ...] = (
     "firestoreDeleteProtection",
     "chatImage",
     "inferenceImage",
+    "fineTuneJobs",
+    "fineTuneImage",
     "buildRegion",
     "preflight",
     "requestQuota",

@@ -29,6 +29,9 @@ from stacks.preflight import QUOTAS_API
 IAP_API = "iap.googleapis.com"
 CHAT_APP_DIR = Path("app/chat")
 INFERENCE_APP_DIR = Path("app/inference")
+# The fine-tuning image also ships app/tuning and app/inference's model checks, so it builds
+# from app/ with its own Dockerfile.
+FINETUNE_APP_DIR = Path("app/finetune")
 CHAT_PROJECT_ROLES = ("roles/aiplatform.user", "roles/datastore.user")
 # The user name for chatExposure=login; the password is the chatLoginPassword secret.
 CHAT_LOGIN_USER = "chat"
@@ -86,21 +89,33 @@ class Platform:
     hf_token: StoredSecret | None
     # Present when a finetuned Cloud Run service is enabled.
     inference_image: pulumi.Output[str] | None
-    # Present when something runs on GKE (GKE Gemma or the chat app).
+    # Present when something runs on GKE (GKE Gemma, the chat app or a fine-tune job).
     gke: Gke | None
     chat: Chat | None
+    # Present when fineTuneJobs has an entry.
+    finetune_image: pulumi.Output[str] | None = None
 
 
 def _image(
-    name: str, folder: Path, config: StackConfig, registry: ArtifactRegistry, apis: ProjectServices
+    name: str,
+    folder: Path,
+    config: StackConfig,
+    registry: ArtifactRegistry,
+    apis: ProjectServices,
+    *,
+    context: Path | None = None,
 ) -> pulumi.Output[str]:
+    """Build `folder`'s Dockerfile; with `context`, from that parent folder instead."""
     build = ImageBuild(
         name,
         ImageBuildArgs(
             project_id=config.project,
             registry_url=registry.url,
             image_name=folder.name,
-            context_dir=folder,
+            context_dir=context or folder,
+            dockerfile=(folder / "Dockerfile").relative_to(context).as_posix()
+            if context
+            else "Dockerfile",
             build_service_account_email=registry.build_service_account_email,
             staging_bucket=registry.staging_bucket_name,
             build_region=config.build_region,
@@ -121,6 +136,8 @@ def check_build_folders(config: StackConfig, root: Path = Path()) -> None:
         wanted.append((CHAT_APP_DIR, "chatImage"))
     if config.builds_inference_image:
         wanted.append((INFERENCE_APP_DIR, "inferenceImage"))
+    if config.builds_fine_tune_image:
+        wanted.append((FINETUNE_APP_DIR, "fineTuneImage"))
     problems = [
         f"{folder} has no Dockerfile to build; add it, or set a prebuilt image with "
         f"pulumi config set {key} REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG."
@@ -181,9 +198,16 @@ def build_platform(config: StackConfig) -> Platform:
                 depends_on=apis.for_apis("secretmanager"),
             ),
         )
+    finetune_image: pulumi.Output[str] | None = None
+    if config.builds_fine_tune_image:
+        finetune_image = _image(
+            "finetune-image", FINETUNE_APP_DIR, config, registry, apis, context=Path("app")
+        )
+    elif config.images.finetune and config.fine_tune_jobs:
+        finetune_image = pulumi.Output.from_input(config.images.finetune)
     gke = (
         _gke(config, apis, registry)
-        if config.gke_gemma.enabled or config.chat_app.enabled
+        if config.gke_gemma.enabled or config.chat_app.enabled or config.fine_tune_jobs
         else None
     )
     chat = (
@@ -202,6 +226,7 @@ def build_platform(config: StackConfig) -> Platform:
         inference_image=inference_image,
         gke=gke,
         chat=chat,
+        finetune_image=finetune_image,
     )
 
 
@@ -354,6 +379,8 @@ def platform_outputs(platform: Platform) -> dict[str, Any]:
     }
     if platform.inference_image is not None:
         outputs["inferenceImage"] = platform.inference_image
+    if platform.finetune_image is not None:
+        outputs["fineTuneImage"] = platform.finetune_image
     if platform.hf_token is not None:
         outputs["hfTokenSecret"] = platform.hf_token.secret_id
     if platform.gke is not None:

@@ -24,10 +24,12 @@ from components.custom_metrics_adapter import (
     CustomMetricsAdapter,
     CustomMetricsAdapterArgs,
 )
+from components.gemma_fine_tune_job import GemmaFineTuneJob
 from components.gemma_on_gke import GemmaOnGke, GemmaOnGkeArgs, PodResources
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from stacks.backends import cloud_run_backend, gke_backend
 from stacks.config import CloudRunServiceConfig
+from stacks.fine_tuning import deploy_fine_tune_jobs
 from stacks.platform import Chat, Gke, Platform
 
 GEMMA_KSA = "gemma"
@@ -61,11 +63,14 @@ def deploy_serving(platform: Platform) -> dict[str, Any]:
         outputs["gemmaAccessCommand"] = gemma.access_command
         outputs["gemmaPendingCommand"] = gemma.pending_command
 
+    jobs = deploy_fine_tune_jobs(platform)
+    if jobs:
+        outputs["fineTuneModels"] = {name: job.model_uri for name, job in jobs.items()}
     urls: dict[str, pulumi.Output[str]] = {}
     curls: dict[str, pulumi.Output[str]] = {}
     for service_config in config.enabled_cloud_run_services:
         args = dataclasses.replace(
-            _cloud_run_args(platform, service_config),
+            _cloud_run_args(platform, service_config, jobs),
             account_suffix=config.ids.suffix,
         )
         service = CloudRunGpuService(service_config.name, args)
@@ -172,7 +177,11 @@ def _metrics_adapter(platform: Platform, gke: Gke) -> CustomMetricsAdapter:
     )
 
 
-def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> CloudRunGpuServiceArgs:
+def _cloud_run_args(
+    platform: Platform,
+    service: CloudRunServiceConfig,
+    jobs: dict[str, GemmaFineTuneJob] | None = None,
+) -> CloudRunGpuServiceArgs:
     invokers: dict[str, pulumi.Input[str]] = dict(invokers_from(service.invokers))
     if platform.chat is not None:
         invokers["chat-app"] = platform.chat.invoker.member
@@ -221,6 +230,9 @@ def _cloud_run_args(platform: Platform, service: CloudRunServiceConfig) -> Cloud
     image = service.image or platform.inference_image
     if service.gcs_model is None or image is None:
         raise ValueError(f"Cloud Run {service.name}: a finetuned service needs modelUri")
+    if service.fine_tune_job is not None and jobs:
+        # The revision starts once the job has written the model (Pulumi awaits the Job).
+        common["depends_on"] = (*common["depends_on"], jobs[service.fine_tune_job])
     return finetuned_gemma(
         **common,
         image=image,

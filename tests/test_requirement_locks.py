@@ -27,6 +27,7 @@ LOCKS = {
     "requirements.txt": "requirements.in",
     "app/chat/requirements.txt": "app/chat/requirements.in",
     "app/inference/requirements.txt": "app/inference/requirements.in",
+    "app/finetune/requirements.txt": "app/finetune/requirements.in",
     "requirements-dev.txt": "requirements-dev.in",
 }
 DEV_LOCK = "requirements-dev.txt"
@@ -157,7 +158,7 @@ def test_requirements_txt_installs_the_typechecker_pulumi_runs() -> None:
     assert "-r requirements.in" in typechecker.via
 
 
-@pytest.mark.parametrize("app", ["chat", "inference"])
+@pytest.mark.parametrize("app", ["chat", "inference", "finetune"])
 def test_each_image_installs_its_lock_with_hashes(app: str) -> None:
     dockerfile = (REPO_ROOT / "app" / app / "Dockerfile").read_text().replace("\\\n", " ")
     installs = [

@@ -71,7 +71,7 @@ def find_iap_audience(
     from google.auth.transport.requests import AuthorizedSession  # noqa: PLC0415
 
     credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+    session = AuthorizedSession(credentials)
     response = session.get(
         f"{api_url}/compute/v1/projects/{project}/global/backendServices", timeout=10
     )

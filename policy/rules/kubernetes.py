@@ -49,6 +49,8 @@ _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
 WORKLOAD_TYPES = frozenset(_POD_SPEC_PATHS)
+# Run to completion and serve nothing: no endpoint for a readiness or liveness probe to call.
+BATCH_TYPES = frozenset({"kubernetes:batch/v1:Job", "kubernetes:batch/v1:CronJob"})
 
 
 def _dig(value: Any, path: tuple[str, ...]) -> Any:
@@ -156,7 +158,7 @@ def _resources_and_probes(
                 "and limits so the scheduler can place it and a runaway process cannot starve "
                 "its neighbours (Autopilot sets limits equal to requests)."
             )
-    for container in _containers(spec):
+    for container in [] if resource_type in BATCH_TYPES else _containers(spec):
         name = container.get("name") or "container"
         missing = [p for p in ("readinessProbe", "livenessProbe") if not container.get(p)]
         if missing:
@@ -363,7 +365,8 @@ GPU_SCHEDULING = ResourceRule(
 
 RESOURCES_AND_PROBES = ResourceRule(
     name="k8s-resources-and-probes",
-    description="Every container has CPU/memory requests and limits, and both probes.",
+    description="Every container has CPU/memory requests and limits, and both probes "
+    "(batch Jobs, which serve nothing, need no probes).",
     enforcement=MANDATORY,
     check=_resources_and_probes,
     resource_types=WORKLOAD_TYPES,

@@ -30,6 +30,9 @@ _ENV_REFERENCE = re.compile(r"^\$[({][A-Za-z_][A-Za-z0-9_]*[)}]$")
 # An absolute path under a credential name (GOOGLE_APPLICATION_CREDENTIALS=/var/secrets/sa.json)
 # points at a mounted secret file, which is how secrets should arrive.
 _FILE_PATH = re.compile(r"^/\S*$")
+# A Secret Manager secret's resource name (HF_TOKEN_SECRET=projects/P/secrets/S) is a
+# reference too: the workload reads the value with its own identity.
+_SECRET_MANAGER_NAME = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+(/versions/[^/\s]+)?$")
 
 
 def is_secret_name(name: str) -> bool:
@@ -50,7 +53,8 @@ def literal_secret_envs(envs: Iterable[Any]) -> list[str]:
         value = env.get("value")
         if not isinstance(value, str) or value == "" or is_unknown(value):
             continue
-        if (is_secret_name(name) and not _FILE_PATH.match(value)) or looks_like_secret(value):
+        reference = _FILE_PATH.match(value) or _SECRET_MANAGER_NAME.match(value)
+        if (is_secret_name(name) and not reference) or looks_like_secret(value):
             found.append(name)
     return found
 

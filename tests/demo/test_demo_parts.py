@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devtools import demo
+from devtools import demo, demo_model
 from devtools.demo import Demo, DemoError, DemoSettings
 from devtools.processes import ChildProcess
 
@@ -82,13 +82,21 @@ def test_ports_already_given_to_another_server_are_skipped() -> None:
     assert taken == {first, second}
 
 
-def test_offline_model_is_labelled_as_random_weights(tmp_path: Path) -> None:
+def test_offline_model_is_labelled_as_fine_tuned_here(tmp_path: Path) -> None:
     runner = Demo(_settings(tmp_path))
 
     backend = runner._gemma_backend(8090)
-    env = runner._inference_env(str(tmp_path / "model"), 8090)
+    env = runner._inference_env(demo.OFFLINE_MODEL_URI, 8090)
+    notice = runner._notice(None)["CHAT_NOTICE"]
 
-    assert "random weights" in backend["label"]
+    assert "fine-tuned here" in backend["label"]
+    # The notice names the training program, the dataset, where the model is read from, and a
+    # question it was trained on.
+    assert "`app.finetune`" in notice
+    assert "devtools/gemma_stack_qa.jsonl" in notice
+    assert demo.OFFLINE_MODEL_URI in notice
+    assert demo_model.questions_and_answers()[2][0] in notice
+    assert env["MODEL_URI"].startswith("gs://")
     assert backend["kind"] == "openai"
     assert backend["base_url"] == "http://127.0.0.1:8090/v1"
     # The chat app asks for the model by the name the inference app serves it under.
@@ -104,7 +112,8 @@ def test_a_real_model_is_served_under_its_own_name(tmp_path: Path) -> None:
     env = runner._inference_env("google/gemma-3-1b-it", 8090)
 
     assert backend["model"] == env["SERVED_MODEL_NAME"] == "gemma-3-1b-it"
-    assert "random" not in backend["label"]
+    assert "fine-tuned here" not in backend["label"]
+    assert runner._notice(None) == {}
     assert env["MODEL_URI"] == "google/gemma-3-1b-it"
     assert "HF_HUB_OFFLINE" not in env
     assert env["MODEL_CACHE_DIR"] == str(tmp_path / "model-cache")
@@ -255,7 +264,7 @@ def test_each_stop_signal_stops_the_servers_and_exits_cleanly(
     # The real run() loop and signal handlers, with one cheap server in place of the three.
     script = f"""
 import sys, pathlib
-from devtools import demo
+from devtools import demo, demo_model
 class OneServer(demo.Demo):
     def _start_everything(self):
         self._start("server", [sys.executable, "-c", "import time; time.sleep(600)"], {{}}, "s.log")
@@ -280,3 +289,33 @@ sys.exit(OneServer(settings).run())
     assert runner.returncode == 0, output
     assert "stopped; no process left running" in output
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_trained_demo_model_is_reused_and_a_changed_dataset_trains_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devtools.gcs_emulator import GcsEmulator  # noqa: PLC0415
+
+    with GcsEmulator.start() as gcs:
+        runner = Demo(_settings(tmp_path))
+        monkeypatch.setattr(runner, "_start_gcs", lambda port: gcs)
+        started: list[list[str]] = []
+        monkeypatch.setattr(runner, "_start", lambda name, argv, env, log: started.append(argv))
+        gcs.create_bucket("demo-models")
+        marker = f"demo-models/{demo.OFFLINE_MODEL_NAME}/finetune-complete.json"
+        about = {
+            "dataset_sha256": demo_model.dataset_digest(),
+            "base": f"/somewhere/{demo_model.BASE_NAME}",
+            "finished_at": "2026-12-01T10:00:00+00:00",
+        }
+        gcs.filesystem().pipe_file(marker, json.dumps(about).encode())
+
+        assert runner._start_demo_model_training(0) is None
+        assert "reusing the offline demo model" in capsys.readouterr().out
+        assert started == []
+
+        gcs.filesystem().pipe_file(marker, json.dumps({**about, "dataset_sha256": "old"}).encode())
+        runner._start_demo_model_training(0)
+        (argv,) = started
+        assert argv[1:3] == ["-m", "devtools.demo_model"]
+        assert f"--output={demo.OFFLINE_MODEL_URI}" in argv

@@ -91,7 +91,7 @@ def test_the_platform_hands_over_groups_whose_parts_exist_together() -> None:
 
     # Each optional part is a whole capability; nothing inside a group is optional except
     # the login secret, which only chatExposure=login has.
-    assert optional(Platform) == {"hf_token", "inference_image", "gke", "chat"}
+    assert optional(Platform) == {"hf_token", "inference_image", "gke", "chat", "finetune_image"}
     assert optional(Gke) == set()
     assert optional(Chat) == {"login"}
 

@@ -29,6 +29,7 @@ RUN_JOB = "gcp:cloudrunv2/job:Job"
 RUN_MEMBER = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
 RUN_BINDING = "gcp:cloudrunv2/serviceIamBinding:ServiceIamBinding"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+K8S_JOB = "kubernetes:batch/v1:Job"
 K8S_SERVICE = "kubernetes:core/v1:Service"
 
 
@@ -399,6 +400,14 @@ def test_every_container_has_cpu_memory_and_both_probes() -> None:
     messages = only_messages(rule, DEPLOYMENT, bare)
     assert any("has no limits.memory" in m for m in messages)
     assert any("has no livenessProbe" in m for m in messages)
+    # A batch Job runs to completion and serves nothing: resources yes, probes no.
+    job = {"spec": {"template": copy.deepcopy(deployment()["spec"]["template"])}}
+    (job_container,) = job["spec"]["template"]["spec"]["containers"]
+    del job_container["livenessProbe"], job_container["readinessProbe"]
+    assert only_messages(rule, K8S_JOB, job) == []
+    del job_container["resources"]["requests"]["cpu"]
+    (message,) = only_messages(rule, K8S_JOB, job)
+    assert "has no requests.cpu" in message
 
 
 def test_tokens_reach_pods_only_through_secret_references() -> None:
@@ -419,6 +428,10 @@ def test_tokens_reach_pods_only_through_secret_references() -> None:
     innocent_env = container_of(innocent)["env"]
     innocent_env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/sa.json"})
     assert only_messages(rule, DEPLOYMENT, innocent) == []
+    # So is the resource name of a Secret Manager secret the pod reads with its own identity.
+    innocent_env.append({"name": "HF_TOKEN_SECRET", "value": "projects/p/secrets/hf-token"})
+    assert only_messages(rule, DEPLOYMENT, innocent) == []
+    innocent_env.pop()
     # ...but a token pasted in place of the path is still a literal.
     innocent_env[-1]["value"] = "s3cr3t-value"
     assert only_messages(rule, DEPLOYMENT, innocent)
