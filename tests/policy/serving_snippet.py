@@ -47,6 +47,7 @@ ChatApp("chat", ChatAppArgs(
     id_token_service_account="chat-invoker@my-gcp-project.iam.gserviceaccount.com",
     exposure="{exposure}",
     login_credentials=pulumi.Output.secret("ana:pw") if "{exposure}" == "login" else None,
+    session_key=pulumi.Output.secret("k" * 48) if "{exposure}" == "login" else None,
     iap_domain="chat.example.com" if "{exposure}" == "iap" else None,
 ))
 """
