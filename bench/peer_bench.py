@@ -181,7 +181,7 @@ def summary(server: Server, level: int) -> tuple[float, float, float]:
 
 
 def report(ours: Server, peer: Server, levels: list[int]) -> tuple[str, dict[str, object]]:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "N",
             "ours tok/s",
