@@ -176,7 +176,7 @@ class SlotCache:
 @dataclass(eq=False)
 class BatchRequest:
     """One request in the batch. ``on_token`` gets each token (and its logprobs when asked
-    for) in the scheduler's thread and returns True to stop; ``done`` is set once it left."""
+    for) in the scheduler's thread and returns True to stop; ``done`` is set once it ended."""
 
     prompt_ids: list[int]
     max_tokens: int
