@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.inference_bench import PROMPTS, build_model, start_inference
+from bench.inference_bench import PROMPTS, Run, build_model, http_stream, start_inference
 from devtools.gcs_emulator import CLIENT_ENV
 from devtools.ports import free_port
 from devtools.processes import ServerProcess, start_server
@@ -54,48 +54,17 @@ class Server:
     rounds: dict[int, list[Round]] = field(default_factory=dict)
 
 
-def stream_once(
-    client: httpx.Client, server: Server, prompt: str, tokens: int
-) -> tuple[float, int]:
-    """One streamed chat completion: (time to first text, completion tokens)."""
-    body = {
-        "model": server.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    first: float | None = None
-    chunks = usage = 0
-    with client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                usage = int(event["usage"].get("completion_tokens") or 0)
-            choices = event.get("choices") or []
-            if choices and (choices[0].get("delta") or {}).get("content"):
-                chunks += 1
-                first = first or time.perf_counter()
-    return (first or time.perf_counter()) - started, usage or chunks
-
-
 def one_round(clients: list[httpx.Client], server: Server, tokens: int) -> Round:
     """len(clients) concurrent requests, released together."""
-    results: list[tuple[float, int]] = []
+    results: list[Run] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(clients) + 1)
 
     def run(index: int) -> None:
         barrier.wait()
         try:
-            results.append(
-                stream_once(clients[index], server, PROMPTS[index % len(PROMPTS)], tokens)
-            )
+            prompt = PROMPTS[index % len(PROMPTS)]
+            results.append(http_stream(clients[index], server.url, server.model, prompt, tokens))
         except BaseException as error:
             errors.append(error)
 
@@ -109,7 +78,7 @@ def one_round(clients: list[httpx.Client], server: Server, tokens: int) -> Round
     seconds = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"{server.name}: a request failed: {errors[0]!r}") from errors[0]
-    return Round(seconds, sum(n for _, n in results), [t for t, _ in results])
+    return Round(seconds, sum(r.tokens for r in results), [r.ttft_s for r in results])
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -148,7 +117,7 @@ def peer_server(model_dir: Path) -> Iterator[Server]:
 def warm_up(server: Server, tokens: int) -> None:
     with httpx.Client(timeout=600) as client:
         for _ in range(2):
-            stream_once(client, server, "warm up", tokens)
+            http_stream(client, server.url, server.model, "warm up", tokens)
 
 
 def measure(servers: list[Server], levels: list[int], rounds: int, tokens: int) -> None:
@@ -181,7 +150,7 @@ def summary(server: Server, level: int) -> tuple[float, float, float]:
 
 
 def report(ours: Server, peer: Server, levels: list[int]) -> tuple[str, dict[str, object]]:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "N",
             "ours tok/s",

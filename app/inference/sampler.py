@@ -21,7 +21,11 @@ def finite_logits(logits: torch.Tensor) -> torch.Tensor:
     A NaN logit never wins and +inf logits share the choice among themselves. A row without a
     single finite logit means broken weights, reported as such.
     """
-    logits = torch.nan_to_num(logits.float(), nan=-torch.inf, posinf=torch.inf)
+    logits = logits.float()
+    # The usual case in one pass: a row's maximum is finite only without NaN and +inf.
+    if bool(torch.isfinite(logits.amax(dim=-1)).all()):
+        return logits
+    logits = torch.nan_to_num(logits, nan=-torch.inf, posinf=torch.inf)
     infinite = torch.isposinf(logits)
     rows = infinite.any(dim=-1, keepdim=True)
     logits = torch.where(rows, torch.where(infinite, 0.0, -torch.inf), logits)

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=16, description="context length (prompt + output); default: the model's"
     )
-    max_concurrency: int = Field(4, ge=1, description="requests generating at once")
+    max_concurrency: int = Field(
+        16, ge=1, description="requests generating at once (rows of the decode batch)"
+    )
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot before 429")
     max_tokens_default: int = Field(
         1024, ge=1, description="max_tokens when a request does not set it"
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
         "auto", description="auto: bfloat16 on GPU, float32 on CPU"
     )
     attention: Literal["auto", "eager", "sdpa"] = Field(
-        "auto", description="attention kernel; auto: sdpa on GPU, eager on CPU"
+        "auto", description="attention kernel; auto: sdpa (measured on par or faster)"
     )
     shutdown_grace_s: float = Field(
         8.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"

@@ -49,5 +49,6 @@ ChatApp("chat", ChatAppArgs(
     login_credentials=pulumi.Output.secret("ana:pw") if "{exposure}" == "login" else None,
     session_key=pulumi.Output.secret("k" * 48) if "{exposure}" == "login" else None,
     iap_domain="chat.example.com" if "{exposure}" == "iap" else None,
+    iap_project_number="123456789012" if "{exposure}" == "iap" else None,
 ))
 """
