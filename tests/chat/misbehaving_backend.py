@@ -4,7 +4,8 @@ No real model server fails on demand, so this one speaks just enough of the Open
 streaming APIs to fail in the ways the chat app must survive. The model name picks the
 behaviour: `drop` streams a few words then cuts the connection, `busy` answers 429, `pending`
 answers 503 (a Gemma pod still waiting for a GPU), `hang` never answers, `echo` streams back what
-it received (Authorization header, roles, system prompt) as one JSON text.
+it received (Authorization header, roles, system prompt) as one JSON text, `long` streams
+LONG_TOKENS numbered words slowly (a reply long enough to stop mid-way).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 from typing import Any
 
 DROP_WORDS = ["Partial ", "reply ", "before ", "the ", "cut"]
+LONG_TOKENS = 1000
+LONG_WORD_S = 0.02
 
 
 class MisbehavingBackend:
@@ -112,10 +115,12 @@ class MisbehavingBackend:
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
         words = [json.dumps(_summary(headers, body, gemini))] if model == "echo" else DROP_WORDS
+        if model == "long":
+            words = [f"w{i} " for i in range(LONG_TOKENS)]
         for word in words:
             await self._send_event(writer, word, gemini)
-            await asyncio.sleep(0.02)
-        if model == "echo":
+            await asyncio.sleep(LONG_WORD_S if model == "long" else 0.02)
+        if model in ("echo", "long"):
             if not gemini:
                 await self._send_chunk(writer, b"data: [DONE]\n\n")
             await self._send_chunk(writer, b"")

@@ -34,6 +34,7 @@ VERTEX = "Gemini 2.5 Flash (Vertex AI)"
 DOWN = "Gemma on Cloud Run (down)"
 ECHO = "Echo (OpenAI API)"
 GEMINI_ECHO = "Echo (Gemini API)"
+LONG = "Long talker (1,000 tokens)"
 
 
 def start_app(
@@ -96,6 +97,7 @@ class Stack:
             _backend("down", DOWN, "openai", "tiny", f"http://127.0.0.1:{free_port()}/v1"),
             _backend("echo", ECHO, "openai", "echo", f"{bad}/v1"),
             _backend("gemini-echo", GEMINI_ECHO, "gemini", "echo", bad),
+            _backend("long", LONG, "openai", "long", f"{bad}/v1"),
         ]
 
     def inference(self) -> ServerProcess:

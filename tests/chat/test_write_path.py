@@ -209,7 +209,7 @@ def test_two_tabs_on_one_conversation_keep_each_reply_after_its_question(
     assert len({m["seq"] for _, m in stored}) == 6, "two tabs reused sequence numbers"
     reloaded = connect(chat_app)
     reloaded.predict(browser, api_name="/conversations")
-    chat, _ = reloaded.predict(session.id, browser, api_name="/restore")
+    chat, *_ = reloaded.predict(session.id, browser, api_name="/restore")
     roles = [m["role"] for m in chat]
     assert roles == ["user", "assistant"] * 3
     for question, reply in zip(chat[::2], chat[1::2], strict=True):
@@ -282,8 +282,9 @@ def test_delete_removes_the_conversation_and_its_messages(chat_app: ServerProces
     )
     session = wait_for(lambda: sessions_of(f"browser:{browser}"))[0]
     assert wait_for(lambda: len(messages_of(session.id)) == 4)
-    chat = client.predict(browser, api_name="/delete")
+    chat, opened = client.predict(browser, api_name="/delete")
     assert chat == []
+    assert opened == ""  # the address no longer names it
     assert sessions_of(f"browser:{browser}") == []
     assert messages_of(session.id) == []
     _, listing, _ = connect(chat_app).predict(browser, api_name="/conversations")
