@@ -6,7 +6,8 @@ through the chat app's Gradio queue, and, separately, the same request straight 
 backend's OpenAI API. Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50
 full-reply time of both and how much later the chat app's reply is complete, tokens/s over
 the whole reply (the same token count for both: the reply is deterministic), the chat app's
-CPU time per streamed token (local stack only: it reads the app's /proc entry), and whether
+CPU time per streamed token and per message (local stack only: it reads the app's /proc
+entry; run two --max-tokens values to split per-message from per-token cost), and whether
 every reply reached Firestore (the app's /healthz shows no write pending or failed).
 
     python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 64]
@@ -204,12 +205,15 @@ class Row:
     errors: int = 0
     cpu_ms_per_token: float | None = None
     saved: str = "not checked"
+    cpu_ms_per_message: float | None = None
 
     def cells(self) -> list[str]:
         tokens = round(statistics.median(t.pieces for t in self.direct))
         direct_full = statistics.median(t.total_s for t in self.direct)
         chat_full = statistics.median(t.total_s for t in self.chat)
         cpu = f"{self.cpu_ms_per_token:.3f}" if self.cpu_ms_per_token is not None else "n/a"
+        per_message = self.cpu_ms_per_message
+        cpu_message = f"{per_message:.0f}" if per_message is not None else "n/a"
         d50, d95 = (
             percentile([t.ttft_s for t in self.direct], 50),
             percentile([t.ttft_s for t in self.direct], 95),
@@ -234,6 +238,7 @@ class Row:
             f"{tokens / direct_full:.0f}",
             f"{tokens / chat_full:.0f}",
             cpu,
+            cpu_message,
             self.saved,
             str(self.errors),
         ]
@@ -253,6 +258,7 @@ HEADER = [
     "direct tok/s",
     "chat app tok/s",
     "app CPU ms/token",
+    "app CPU ms/message",
     "saved to Firestore",
     "failed",
 ]
@@ -348,7 +354,8 @@ async def measure(
             saved = await confirm_saved(chat_http, failed_before)
             tokens = round(statistics.median(t.pieces for t in direct)) * len(chat)
             cpu_ms = cpu_s * 1000 / tokens if chat_pid and tokens else None
-            rows.append(Row(level, direct, chat, errors, cpu_ms, saved))
+            per_message = cpu_s * 1000 / len(chat) if chat_pid and chat else None
+            rows.append(Row(level, direct, chat, errors, cpu_ms, saved, per_message))
             print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 

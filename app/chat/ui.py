@@ -427,9 +427,16 @@ class ChatUI:
         shown = self._chat(conversation)
         compare = compare_mode(configs)
         panes: list[Any] = [skip, skip]
-        # After the conversation id: the compare row and its two panes.
-        hide = (gr.update(visible=False), skip, skip)
-        unchanged = (skip, skip, skip)
+        # The first update carries the state, the list, the id and the compare row (shown in
+        # compare mode, hidden otherwise); later ones only what changed: Gradio copies every
+        # State it is sent, and each output costs the one event loop CPU.
+        opened: tuple[Any, ...] = (
+            conversation,
+            listed,
+            conversation.session_id,
+            gr.update(visible=compare),
+        )
+        unchanged = (skip, skip, skip, skip)
         stream = self._stream_replies(conversation, question, configs, sampling, system, request)
         async with aclosing(stream):
             async for replies, done in stream:
@@ -438,17 +445,14 @@ class ChatUI:
                 if done:
                     break
                 if compare:
-                    row = gr.update(visible=True)
-                    yield shown, conversation, listed, conversation.session_id, row, *panes
+                    yield (shown if opened is not unchanged else skip), *opened, *panes
                 else:
                     live = {"role": "assistant", "content": replies[0].text}
-                    # The first update also hides the panes of an earlier comparison.
-                    yield [*shown, live], conversation, listed, conversation.session_id, *hide
-                    hide = unchanged
-                listed = skip
-        row = gr.update(visible=True) if compare else skip
+                    yield [*shown, live], *opened, skip, skip
+                opened = unchanged
         final = self._chat(conversation)
-        yield final, conversation, listed, conversation.session_id, row, *panes
+        row = gr.update(visible=True) if compare else skip
+        yield final, conversation, skip, conversation.session_id, row, *panes
 
     async def _stream_replies(  # noqa: PLR0917
         self,
@@ -486,7 +490,9 @@ class ChatUI:
                     time.monotonic() - last_update
                 )
                 if hold > 0 and not stop.is_set():
-                    await asyncio.wait([stopping, *tasks], timeout=hold)
+                    await asyncio.wait(
+                        [stopping, *tasks], timeout=hold, return_when=asyncio.FIRST_COMPLETED
+                    )
                 if stop.is_set():
                     break
                 last_update = time.monotonic()
@@ -950,6 +956,14 @@ class ChatUI:
                 api_visibility="private",
             )
             turn_outputs = [chatbot, conversation, choices_state, conversation_id, compare_row]
+            turn_outputs += [pane_a, pane_b]
+            # What every streaming event reads after its own inputs, and how it is queued.
+            asked_with = [temperature, top_p, max_tokens, system_prompt, browser_id]
+            streaming: dict[str, Any] = {
+                "concurrency_limit": settings.max_concurrent_chats,
+                "concurrency_id": "chat",
+                "show_progress": "hidden",
+            }
             turn = message.submit(
                 self.take_message,
                 inputs=[message],
@@ -958,23 +972,10 @@ class ChatUI:
                 queue=False,
             ).then(
                 self.chat_turn,
-                inputs=[
-                    pending,
-                    conversation,
-                    choices_state,
-                    backend,
-                    compare_with,
-                    temperature,
-                    top_p,
-                    max_tokens,
-                    system_prompt,
-                    browser_id,
-                ],
-                outputs=[*turn_outputs, pane_a, pane_b],
+                inputs=[pending, conversation, choices_state, backend, compare_with, *asked_with],
+                outputs=turn_outputs,
                 api_visibility="private",
-                concurrency_limit=settings.max_concurrent_chats,
-                concurrency_id="chat",
-                show_progress="hidden",
+                **streaming,
             )
             turn.then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
             # The chat's retry icon answers the last question again, keeping the old answer.
@@ -985,42 +986,20 @@ class ChatUI:
                 api_visibility="private",
             ).then(
                 self.regenerate,
-                inputs=[
-                    conversation,
-                    backend,
-                    temperature,
-                    top_p,
-                    max_tokens,
-                    system_prompt,
-                    browser_id,
-                ],
-                outputs=[*turn_outputs, pane_a, pane_b],
+                inputs=[conversation, backend, *asked_with],
+                outputs=turn_outputs,
                 api_name="regenerate",
-                concurrency_limit=settings.max_concurrent_chats,
-                concurrency_id="chat",
-                show_progress="hidden",
+                **streaming,
             ).then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
             message.stop(self.stop, queue=False, api_visibility="private")
             # The same turn for API clients, whose message comes with the call.
             api_send = gr.Button(visible=False)
             api_send.click(
                 self.send,
-                inputs=[
-                    message,
-                    conversation,
-                    choices_state,
-                    backend,
-                    temperature,
-                    top_p,
-                    max_tokens,
-                    system_prompt,
-                    browser_id,
-                ],
+                inputs=[message, conversation, choices_state, backend, *asked_with],
                 outputs=[chatbot, conversation, choices_state],
                 api_name="send",
-                concurrency_limit=settings.max_concurrent_chats,
-                concurrency_id="chat",
-                show_progress="hidden",
+                **streaming,
             )
             conversation_id.change(None, js=SYNC_ADDRESS, inputs=[conversation_id])
             choices_state.change(
