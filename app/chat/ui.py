@@ -176,7 +176,9 @@ def to_chatbot(
     bubbles: list[dict[str, Any]] = []
     for m in messages:
         bubble: dict[str, Any] = {"role": m.role, "content": display_text(m, failed.get(m.doc_id))}
-        if m.alternative:
+        if m.alternative and m.role == "user":
+            bubble["content"] = f"✏️ *Edited; the earlier version:*\n\n{bubble['content']}"
+        elif m.alternative:
             label = (m.details or {}).get("backend") or "another model"
             bubble["metadata"] = {"title": f"Other answer, from {label}: not continued"}
         bubbles.append(bubble)
@@ -197,12 +199,13 @@ def sampling_problem(temperature: float, top_p: float, max_tokens: float) -> str
 
 
 def to_turns(messages: list[StoredMessage]) -> list[Turn]:
-    """What the model sees: every user message, and the replies the conversation continued
-    with that completed without error (a stopped reply counts, as far as it got)."""
+    """What the model sees: the messages the conversation continued with (not edited-away
+    questions or answers not picked), replies only if they completed without error (a
+    stopped reply counts, as far as it got)."""
     return [
         Turn("user" if m.role == "user" else "assistant", m.content)
         for m in messages
-        if m.role == "user" or not (m.error or m.alternative)
+        if not m.alternative and (m.role == "user" or not m.error)
     ]
 
 
@@ -372,6 +375,7 @@ class ChatUI:
         system_prompt: str,
         browser_id: str | None,
         request: gr.Request,
+        supersede: Sequence[StoredMessage] = (),
     ) -> AsyncIterator[tuple[Any, ...]]:
         """One turn: the question saved first, then one reply (or two side by side, in
         compare mode) streamed and saved.
@@ -402,6 +406,12 @@ class ChatUI:
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         if conversation is None or conversation.owner != owner:
             conversation = Conversation(owner=owner)
+        elif supersede:
+            # An edit: what it replaces stays saved, marked as no longer continued.
+            start = len(conversation.messages) - len(supersede)
+            conversation.messages[start:] = list(supersede)
+            for earlier in supersede:
+                self.history.append(conversation.session_id, owner, earlier)
         is_new = not conversation.messages
         system = system_prompt or ""
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
@@ -724,6 +734,49 @@ class ChatUI:
         ):
             yield update
 
+    async def edit_and_resend(  # noqa: PLR0917 - Gradio passes event inputs positionally
+        self,
+        conversation: Conversation | None,
+        backend_label: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system_prompt: str,
+        browser_id: str | None,
+        request: gr.Request,
+        edit: gr.EditData,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Send an edited question as a new turn. The original and everything after it stay
+        saved, shown as the earlier version, and are no longer sent to a model."""
+        skip = gr.skip()
+        index = edit.index if isinstance(edit.index, int) else -1
+        edited = (
+            conversation.messages[index]
+            if conversation and 0 <= index < len(conversation.messages)
+            else None
+        )
+        if conversation is None or edited is None or edited.role != "user":
+            gr.Warning("Only your own messages of the open conversation can be edited.")
+            yield (self._chat(conversation) if conversation else skip), *(skip,) * 6
+            return
+        start = conversation.messages.index(edited)
+        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
+        async for update in self.chat_turn(
+            str(edit.value or ""),
+            conversation,
+            None,
+            backend_label,
+            COMPARE_OFF,
+            temperature,
+            top_p,
+            max_tokens,
+            system_prompt,
+            browser_id,
+            request,
+            supersede=earlier,
+        ):
+            yield update
+
     def pick_left(self, conversation: Conversation | None) -> tuple[Any, Any, Any]:
         return self.pick(0, conversation)
 
@@ -924,7 +977,9 @@ class ChatUI:
                     label="System prompt (persona)",
                     elem_id="persona",
                 )
-            chatbot = gr.Chatbot(label="Chat", scale=1, height="60vh", buttons=["copy", "copy_all"])
+            chatbot = gr.Chatbot(
+                editable="user", label="Chat", scale=1, height="60vh", buttons=["copy", "copy_all"]
+            )
             with gr.Row(visible=False, elem_id="compare-row") as compare_row:
                 with gr.Column(min_width=160):
                     pane_a = gr.Markdown(elem_classes=["compare-pane"], elem_id="pane-a")
@@ -989,6 +1044,14 @@ class ChatUI:
                 inputs=[conversation, backend, *asked_with],
                 outputs=turn_outputs,
                 api_name="regenerate",
+                **streaming,
+            ).then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
+            # The edit itself starts the turn: only the event it triggers gets its EditData.
+            chatbot.edit(
+                self.edit_and_resend,
+                inputs=[conversation, backend, *asked_with],
+                outputs=turn_outputs,
+                api_visibility="private",
                 **streaming,
             ).then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
             message.stop(self.stop, queue=False, api_visibility="private")

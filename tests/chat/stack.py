@@ -35,6 +35,8 @@ DOWN = "Gemma on Cloud Run (down)"
 ECHO = "Echo (OpenAI API)"
 GEMINI_ECHO = "Echo (Gemini API)"
 LONG = "Long talker (1,000 tokens)"
+PACED = "Paced (OpenAI API)"
+GEMINI_PACED = "Paced (Gemini API)"
 
 
 def start_app(
@@ -98,6 +100,8 @@ class Stack:
             _backend("echo", ECHO, "openai", "echo", f"{bad}/v1"),
             _backend("gemini-echo", GEMINI_ECHO, "gemini", "echo", bad),
             _backend("long", LONG, "openai", "long", f"{bad}/v1"),
+            _backend("paced", PACED, "openai", "paced", f"{bad}/v1"),
+            _backend("gemini-paced", GEMINI_PACED, "gemini", "paced", bad),
         ]
 
     def inference(self) -> ServerProcess:

@@ -144,3 +144,40 @@ async def test_compare_saves_both_answers_and_the_pick_decides_what_the_model_se
     await history.close()
     for backend in backends.values():
         await backend.aclose()
+
+
+async def test_an_edited_question_is_a_new_turn_and_the_original_stays_saved(
+    inference_url: str, firestore: Any
+) -> None:
+    backend = {"id": "gemma", "label": "Gemma", "kind": "openai", "model": "tiny"}
+    settings = ChatSettings(
+        chat_backends=[{**backend, "base_url": f"{inference_url}/v1"}],  # type: ignore[list-item]
+        auth_mode="none",
+    )
+    history = ChatHistory(firestore.project, DATABASE)
+    backends = {"gemma": make_backend(settings.chat_backends[0])}
+    ui = ChatUI(settings, history, backends, OwnerResolver(settings))
+    request = gr.Request(username=None, session_hash="in-process-edit")
+    args = ("Gemma", 0.9, 0.95, 64, "", "browser-edit", request)
+    updates = [u async for u in ui.chat_turn("hi", None, [], "Gemma", "Off", *args[1:])]
+    conversation = updates[-1][1]
+    edit = gr.EditData(None, {"index": 0, "value": "hello again", "previous_value": "hi"})
+    updates = [u async for u in ui.edit_and_resend(conversation, *args, edit)]
+    assert [(m.role, m.content, m.alternative) for m in conversation.messages] == [
+        ("user", "hi", True),
+        ("assistant", REPLY, True),
+        ("user", "hello again", False),
+        ("assistant", REPLY, False),
+    ]
+    assert [t.content for t in to_turns(conversation.messages)] == ["hello again", REPLY]
+    assert "earlier version" in str(updates[-1][0][0]["content"])
+    assert await history.flush(20)
+    stored = await history.load("browser:browser-edit", conversation.session_id) or []
+    assert [(m.content, m.alternative) for m in stored] == [
+        ("hi", True),
+        (REPLY, True),
+        ("hello again", False),
+        (REPLY, False),
+    ]
+    await history.close()
+    await backends["gemma"].aclose()
