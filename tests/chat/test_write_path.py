@@ -291,6 +291,23 @@ def test_delete_removes_the_conversation_and_its_messages(chat_app: ServerProces
     assert listing["choices"] == []
 
 
+async def test_rename_checks_the_owner_and_wins_over_a_queued_title(
+    firestore: FirestoreEmulator,
+) -> None:
+    history = ChatHistory(firestore.project, DATABASE)
+    history.append("s-alice", "user:alice", StoredMessage(0, "user", "first words"))
+    # Still queued: the first message would write its own title; the new name wins.
+    assert await history.rename("user:alice", "s-alice", "  Travel   plans ")
+    assert not await history.rename("user:bob", "s-alice", "mine now")
+    assert await history.flush(20)
+    assert not await history.rename("user:bob", "s-alice", "mine now")
+    assert [s.title for s in await history.list_sessions("user:alice")] == ["Travel plans"]
+    assert await history.rename("user:alice", "s-alice", "Trip to Oslo")
+    assert [s.title for s in await history.list_sessions("user:alice")] == ["Trip to Oslo"]
+    assert not await history.rename("user:alice", "no-such-session", "x")
+    await history.close()
+
+
 async def test_delete_checks_the_owner(firestore: FirestoreEmulator) -> None:
     history = ChatHistory(firestore.project, DATABASE)
     history.append("s-alice", "user:alice", StoredMessage(0, "user", "mine"))
