@@ -1,10 +1,14 @@
-"""Time to first token and tokens/s through the chat app against the same backend called directly.
+"""Time to first token, full-reply time and CPU cost of the chat app against a direct call.
 
 Starts the Firestore emulator, the inference app with a tiny Gemma 3 and the chat app (unless
 URLs are given), then runs 1, 10 and 50 concurrent sessions: each session sends one message
 through the chat app's Gradio queue, and, separately, the same request straight to the
-backend's OpenAI API. Prints p50/p95 time to first token (TTFT), the added TTFT, and
-per-stream tokens/s.
+backend's OpenAI API. Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50
+full-reply time of both and how much later the chat app's reply is complete, tokens/s over
+the whole reply (the same token count for both: the reply is deterministic), the chat app's
+CPU time per streamed token and per message (local stack only: it reads the app's /proc
+entry; run two --max-tokens values to split per-message from per-token cost), and whether
+every reply reached Firestore (the app's /healthz shows no write pending or failed).
 
     python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 64]
         [--chat-url URL --backend-url URL/v1 --model NAME --backend-label LABEL]
@@ -45,11 +49,6 @@ class StreamTiming:
     total_s: float
     pieces: int
     text: str
-
-    def tokens_per_s(self, tokens: int) -> float:
-        """Stream rate after the first token; the chat app may batch tokens per update."""
-        stream_s = self.total_s - self.ttft_s
-        return (tokens - 1) / stream_s if tokens > 1 and stream_s > 0 else 0.0
 
 
 class ChatAppSession:
@@ -152,8 +151,9 @@ def _assistant_text(chat: Any) -> str:
         return ""
     content = last.get("content")
     if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content or "")
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    # A finished reply ends with its details line (backend, TTFT, ...), not model text.
+    return str(content or "").split('\n\n<span class="reply-details">', 1)[0]
 
 
 async def direct_stream(
@@ -203,9 +203,17 @@ class Row:
     direct: list[StreamTiming]
     chat: list[StreamTiming]
     errors: int = 0
+    cpu_ms_per_token: float | None = None
+    saved: str = "not checked"
+    cpu_ms_per_message: float | None = None
 
     def cells(self) -> list[str]:
         tokens = round(statistics.median(t.pieces for t in self.direct))
+        direct_full = statistics.median(t.total_s for t in self.direct)
+        chat_full = statistics.median(t.total_s for t in self.chat)
+        cpu = f"{self.cpu_ms_per_token:.3f}" if self.cpu_ms_per_token is not None else "n/a"
+        per_message = self.cpu_ms_per_message
+        cpu_message = f"{per_message:.0f}" if per_message is not None else "n/a"
         d50, d95 = (
             percentile([t.ttft_s for t in self.direct], 50),
             percentile([t.ttft_s for t in self.direct], 95),
@@ -222,9 +230,16 @@ class Row:
             f"{c95 * 1000:.0f}",
             f"{(c50 - d50) * 1000:+.0f}",
             f"{(c95 - d95) * 1000:+.0f}",
-            f"{statistics.median(t.tokens_per_s(t.pieces) for t in self.direct):.0f}",
-            # Same prompt, same deterministic reply: the direct stream's token count applies.
-            f"{statistics.median(t.tokens_per_s(tokens) for t in self.chat):.0f}",
+            f"{direct_full * 1000:.0f}",
+            f"{chat_full * 1000:.0f}",
+            f"{(chat_full / direct_full - 1) * 100:+.1f}%",
+            # Same prompt, same deterministic reply: the direct stream's token count applies to
+            # both, over the whole reply (a per-update count would flatter the batching app).
+            f"{tokens / direct_full:.0f}",
+            f"{tokens / chat_full:.0f}",
+            cpu,
+            cpu_message,
+            self.saved,
             str(self.errors),
         ]
 
@@ -237,10 +252,37 @@ HEADER = [
     "chat app p95 ms",
     "added p50 ms",
     "added p95 ms",
+    "direct full reply p50 ms",
+    "chat app full reply p50 ms",
+    "added full reply",
     "direct tok/s",
     "chat app tok/s",
+    "app CPU ms/token",
+    "app CPU ms/message",
+    "saved to Firestore",
     "failed",
 ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def confirm_saved(http: httpx.AsyncClient, failed_before: int, wait_s: float = 60.0) -> str:
+    """Wait for the app's history queue to drain; 'yes' when nothing is pending or failed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        health = (await http.get("/healthz")).json()
+        failed = int(health.get("failed_writes", 0)) - failed_before
+        if failed:
+            return f"{failed} failed"
+        if not health.get("pending_writes"):
+            return "yes"
+        if time.monotonic() > deadline:
+            return f"{health['pending_writes']} pending"
+        await asyncio.sleep(0.2)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -265,6 +307,7 @@ async def measure(
     levels: list[int],
     max_tokens: int,
     rounds: int,
+    chat_pid: int | None = None,
 ) -> list[Row]:
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
     timeout = httpx.Timeout(120.0)
@@ -284,6 +327,8 @@ async def measure(
             direct: list[StreamTiming] = []
             chat: list[StreamTiming] = []
             errors = 0
+            cpu_s = 0.0
+            failed_before = int((await chat_http.get("/healthz")).json().get("failed_writes", 0))
             for _ in range(rounds):
                 # Direct and through-the-app runs alternate so both see the same machine load.
                 results = await asyncio.gather(
@@ -298,13 +343,19 @@ async def measure(
                 sessions = [
                     ChatAppSession(chat_http, config, f"bench-{level}-{i}") for i in range(level)
                 ]
+                cpu_before = cpu_seconds(chat_pid) if chat_pid else 0.0
                 results = await asyncio.gather(
                     *(s.send(message, backend_label, max_tokens) for s in sessions),
                     return_exceptions=True,
                 )
+                cpu_s += (cpu_seconds(chat_pid) - cpu_before) if chat_pid else 0.0
                 chat += [r for r in results if isinstance(r, StreamTiming)]
                 errors += _count_failures("chat app", results)
-            rows.append(Row(level, direct, chat, errors))
+            saved = await confirm_saved(chat_http, failed_before)
+            tokens = round(statistics.median(t.pieces for t in direct)) * len(chat)
+            cpu_ms = cpu_s * 1000 / tokens if chat_pid and tokens else None
+            per_message = cpu_s * 1000 / len(chat) if chat_pid and chat else None
+            rows.append(Row(level, direct, chat, errors, cpu_ms, saved, per_message))
             print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -312,7 +363,7 @@ async def measure(
 @contextmanager
 def local_stack(
     inference_concurrency: int, pin: bool = False
-) -> Iterator[tuple[str, str, str, str]]:
+) -> Iterator[tuple[str, str, str, str, int]]:
     """Emulator + inference app (tiny Gemma 3) + chat app on free ports; yields their URLs."""
     sys.path.insert(0, str(ROOT))
     from devtools.firestore_emulator import FirestoreEmulator  # noqa: PLC0415
@@ -372,7 +423,13 @@ def local_stack(
             os.sched_setaffinity(chat.pid, {1})
         inference.wait_ready()
         chat.wait_ready()
-        yield f"http://127.0.0.1:{chat_port}", f"{inference_url}/v1", "tiny", "Gemma 3 (local)"
+        yield (
+            f"http://127.0.0.1:{chat_port}",
+            f"{inference_url}/v1",
+            "tiny",
+            "Gemma 3 (local)",
+            chat.pid,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,7 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.sessions.split(",")]
 
-    def run(chat_url: str, backend_url: str, model: str, label: str) -> list[Row]:
+    def run(
+        chat_url: str, backend_url: str, model: str, label: str, pid: int | None = None
+    ) -> list[Row]:
         return asyncio.run(
             measure(
                 chat_url=chat_url,
@@ -403,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
                 levels=levels,
                 max_tokens=args.max_tokens,
                 rounds=args.rounds,
+                chat_pid=pid,
             )
         )
 
@@ -421,6 +481,16 @@ def main(argv: list[str] | None = None) -> None:
         for r in rows
     )
     print(f"worst added p95 TTFT: {worst * 1000:.0f} ms (target <= 50 ms at 50 sessions)")
+    added = max(
+        statistics.median(t.total_s for t in r.chat)
+        / statistics.median(t.total_s for t in r.direct)
+        - 1
+        for r in rows
+    )
+    print(f"worst added full-reply time: {added * 100:+.1f}% (target <= 5%)")
+    costs = [r.cpu_ms_per_token for r in rows if r.cpu_ms_per_token is not None]
+    if costs:
+        print(f"most app CPU per token: {max(costs):.3f} ms (target <= 0.3 ms)")
 
 
 if __name__ == "__main__":

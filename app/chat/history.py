@@ -18,7 +18,7 @@ import time
 import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,7 +77,10 @@ class StoredMessage:
     """One message as it is kept in Firestore.
 
     `reply_to` links a reply to its question, so a conversation restores in order even when
-    two tabs or replicas wrote turns at the same time.
+    two tabs or replicas wrote turns at the same time. A question keeps the persona
+    (`system_prompt`) it was asked with; a reply keeps its `details` (backend, model, TTFT,
+    tokens/s, finish reason). In compare mode a question has two replies: the one the user
+    did not continue with is an `alternative`, kept but never sent to a model again.
     """
 
     seq: int
@@ -89,6 +92,9 @@ class StoredMessage:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     reply_to: str | None = None
     nonce: str = field(default_factory=lambda: secrets.token_hex(3))
+    system_prompt: str | None = None
+    details: dict[str, Any] | None = None
+    alternative: bool = False
 
     @property
     def doc_id(self) -> str:
@@ -107,6 +113,12 @@ class StoredMessage:
             doc["error"] = self.error
         if self.reply_to:
             doc["reply_to"] = self.reply_to
+        if self.system_prompt is not None:
+            doc["system_prompt"] = self.system_prompt
+        if self.details:
+            doc["details"] = self.details
+        if self.alternative:
+            doc["alternative"] = True
         return doc
 
     @classmethod
@@ -121,6 +133,9 @@ class StoredMessage:
             created_at=doc.get("created_at") or datetime.now(UTC),
             reply_to=doc.get("reply_to"),
             nonce=doc_id.partition("-")[2] or secrets.token_hex(3),
+            system_prompt=doc.get("system_prompt"),
+            details=doc.get("details"),
+            alternative=bool(doc.get("alternative", False)),
         )
 
 
@@ -171,8 +186,9 @@ def new_session_id() -> str:
 
 
 def restore_order(messages: Sequence[StoredMessage]) -> list[StoredMessage]:
-    """Messages by number, each reply right after the question it answers."""
-    ordered = sorted(messages, key=lambda m: (m.seq, m.created_at))
+    """Messages by number, each reply right after the question it answers (the reply the
+    conversation continued with first, then any alternative)."""
+    ordered = sorted(messages, key=lambda m: (m.seq, m.alternative, m.created_at))
     questions = {m.doc_id for m in ordered if m.role == "user"}
     replies: dict[str, StoredMessage] = {}
     for m in ordered:
@@ -442,7 +458,36 @@ class ChatHistory:
         if self._client is not None:
             self._client.close()
 
-    # -- deletes ---------------------------------------------------------------------------
+    # -- renames and deletes ---------------------------------------------------------------
+
+    async def rename(self, owner: str, session_id: str, title: str) -> bool:
+        """Give one of the owner's conversations a new title; False if the owner has no such
+        conversation."""
+        from google.api_core import exceptions  # noqa: PLC0415
+
+        title = title_for(title)
+        async with self._lock():
+            queued = [i for i in self._pending if i.session_id == session_id]
+            if any(i.owner != owner for i in queued):
+                return False
+            # A first message still queued would write its own title later: it takes this one.
+            self._pending = deque(
+                replace(i, title=title) if i.session_id == session_id and i.title is not None else i
+                for i in self._pending
+            )
+            session_ref = self._db().collection(SESSIONS).document(session_id)
+            try:
+                snapshot = await session_ref.get(retry=None, timeout=self.request_timeout_s)
+                if not snapshot.exists:
+                    return bool(queued)
+                if (snapshot.to_dict() or {}).get("owner") != owner:
+                    return False
+                await session_ref.update(
+                    {"title": title}, retry=None, timeout=self.request_timeout_s
+                )
+            except exceptions.GoogleAPICallError as err:
+                raise HistoryUnavailableError(str(err)) from err
+        return True
 
     async def delete(self, owner: str, session_id: str) -> bool:
         """Delete one of the owner's conversations and all its messages; False if the owner

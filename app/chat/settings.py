@@ -128,7 +128,7 @@ class ChatSettings(BaseSettings):
     max_concurrent_chats: int = Field(default=256, ge=1)
     queue_size: int = Field(default=1024, ge=1)
     # Streamed tokens closer together than this share one screen update (first token: never).
-    stream_update_interval_ms: int = Field(default=25, ge=0, le=1000)
+    stream_update_interval_ms: int = Field(default=40, ge=0, le=1000)
     shutdown_grace_s: float = Field(default=15.0, ge=0)
     # After open connections close, queued history writes get this long to reach Firestore.
     shutdown_flush_s: float = Field(default=30.0, ge=0)

@@ -1,4 +1,4 @@
-"""The Gradio 6 chat UI: pick a model, stream replies, and restore earlier conversations."""
+"""The Gradio 6 chat UI: stream replies, stop them, compare two models, reopen conversations."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from html import escape
 from typing import Any
 
 import gradio as gr
@@ -35,13 +37,38 @@ LONG_HISTORY = 400
 STREAMS_AT_FULL_RATE = 10
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 NOT_YOURS = "That conversation does not exist or is not yours."
+COMPARE_OFF = "Off"
+DETAILS_START = '\n\n<span class="reply-details">'
 # The sliders' ranges; the handler checks them again, as an API caller can send anything.
 TEMPERATURE = (0.1, 1.0)
 TOP_P = (0.1, 1.0)
 MAX_TOKENS = (1, 4096)
+DEFAULT_SAMPLING = Sampling()
 CSS = """
-#chat-title h1 { margin: 0; font-size: 1.4rem; }
-#chat-title p { margin: 0.2rem 0 0; color: var(--body-text-color-subdued); }
+#chat-title h1 { margin: 0; font-size: 1.15rem; }
+#chat-title p { margin: 0; color: var(--body-text-color-subdued); font-size: 0.85rem; }
+.reply-details { display: block; margin-top: 0.35rem; font-size: 0.75rem;
+  color: var(--body-text-color-subdued); }
+#compare-row .compare-pane { min-height: 8rem; max-height: 50vh; overflow-y: auto;
+  padding: 0.5rem; border: 1px solid var(--border-color-primary); border-radius: 0.5rem; }
+@media (max-width: 640px) {
+  #chat-title p { display: none; }
+  #compare-row { flex-direction: column; }
+}
+"""
+# On a phone the sidebar starts closed, so it does not cover the chat.
+CLOSE_SIDEBAR_ON_PHONES = """
+() => {
+  if (window.innerWidth < 700) document.querySelector('.sidebar.open .toggle-button')?.click();
+}
+"""
+# Keeps the address bar on the open conversation, so reload and copy reopen it.
+SYNC_ADDRESS = """
+(id) => {
+  const url = new URL(window.location.href);
+  if (id) { url.searchParams.set('c', id); } else { url.searchParams.delete('c'); }
+  window.history.replaceState(null, '', url);
+}
 """
 
 
@@ -54,24 +81,109 @@ class Conversation:
     messages: list[StoredMessage] = field(default_factory=list)
 
 
+@dataclass
+class Reply:
+    """One reply as it streams: its text so far and the timings its details are made of."""
+
+    backend: BackendConfig
+    started: float = field(default_factory=time.perf_counter)
+    pieces: list[str] = field(default_factory=list)
+    first_at: float | None = None
+    ended_at: float | None = None
+    finish: str = "interrupted"
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(self, piece: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.pieces.append(piece)
+
+    def end(self, finish: str, error: str | None = None) -> None:
+        if self.ended_at is None:
+            self.ended_at = time.perf_counter()
+            self.finish = finish
+            self.error = error
+
+    def details(self) -> dict[str, Any]:
+        """What is stored with the reply. Tokens are streamed pieces: one token each on
+        OpenAI-compatible servers, a few on Gemini's API."""
+        ended = self.ended_at or time.perf_counter()
+        ttft = (self.first_at - self.started) if self.first_at is not None else None
+        stream_s = ended - self.first_at if self.first_at is not None else 0.0
+        count = len(self.pieces)
+        rate = (count - 1) / stream_s if count > 1 and stream_s > 0 else None
+        return {
+            "backend": self.backend.label,
+            "backend_id": self.backend.id,
+            "model": self.backend.model,
+            "ttft_s": round(ttft, 3) if ttft is not None else None,
+            "tokens": count,
+            "token_unit": "token" if self.backend.kind == "openai" else "chunk",
+            "tokens_per_s": round(rate, 1) if rate is not None else None,
+            "duration_s": round(ended - self.started, 3),
+            "finish": self.finish,
+        }
+
+
+def details_text(details: Mapping[str, Any] | None, created: Any = None) -> str:
+    """One quiet line under a reply: backend, model, TTFT, rate, count, how it ended."""
+    if not details:
+        return ""
+    unit = str(details.get("token_unit") or "token")
+    parts = [str(details.get("backend", "")), str(details.get("model", ""))]
+    if details.get("ttft_s") is not None:
+        parts.append(f"first token {float(details['ttft_s']):.2f} s")
+    if details.get("tokens_per_s") is not None:
+        parts.append(f"{float(details['tokens_per_s']):.0f} {unit}s/s")
+    parts.append(f"{int(details.get('tokens') or 0)} {unit}s")
+    finish = str(details.get("finish") or "")
+    parts.append("⏹ stopped" if finish == "stopped" else finish)
+    if created is not None and hasattr(created, "strftime"):
+        parts.append(created.strftime("%Y-%m-%d %H:%M UTC"))
+    return " · ".join(escape(p) for p in parts if p)
+
+
+def without_details(text: str) -> str:
+    """A bubble's text without its details line (what a copy of the reply should hold)."""
+    return text.split(DETAILS_START, 1)[0]
+
+
 def display_text(message: StoredMessage, not_saved: str | None = None) -> str:
     problems = [p for p in (message.error, not_saved) if p]
-    if not problems:
-        return message.content
-    warning = "\n\n".join(f"⚠️ {p}" for p in problems)
-    return f"{message.content}\n\n{warning}" if message.content else warning
+    text = message.content
+    if problems:
+        warning = "\n\n".join(f"⚠️ {p}" for p in problems)
+        text = f"{text}\n\n{warning}" if text else warning
+    line = details_text(message.details, message.created_at)
+    if line:
+        text = f"{text}{DETAILS_START}{line}</span>"
+    return text
 
 
-def _warning(text: str) -> dict[str, str]:
+def _warning(text: str) -> dict[str, Any]:
     return {"role": "assistant", "content": f"⚠️ {text}"}
 
 
 def to_chatbot(
     messages: list[StoredMessage], failed: Mapping[str, str] | None = None
-) -> list[dict[str, str]]:
-    """Chat bubbles; `failed` (doc_id -> reason) marks messages the history refused."""
+) -> list[dict[str, Any]]:
+    """Chat bubbles; `failed` (doc_id -> reason) marks messages the history refused. An
+    alternative reply (compare mode, regenerate) is shown folded under the one kept."""
     failed = failed or {}
-    return [{"role": m.role, "content": display_text(m, failed.get(m.doc_id))} for m in messages]
+    bubbles: list[dict[str, Any]] = []
+    for m in messages:
+        bubble: dict[str, Any] = {"role": m.role, "content": display_text(m, failed.get(m.doc_id))}
+        if m.alternative and m.role == "user":
+            bubble["content"] = f"✏️ *Edited; the earlier version:*\n\n{bubble['content']}"
+        elif m.alternative:
+            label = (m.details or {}).get("backend") or "another model"
+            bubble["metadata"] = {"title": f"Other answer, from {label}: not continued"}
+        bubbles.append(bubble)
+    return bubbles
 
 
 def sampling_problem(temperature: float, top_p: float, max_tokens: float) -> str | None:
@@ -88,16 +200,36 @@ def sampling_problem(temperature: float, top_p: float, max_tokens: float) -> str
 
 
 def to_turns(messages: list[StoredMessage]) -> list[Turn]:
-    """What the model sees: every user message, and replies that completed without error."""
+    """What the model sees: the messages the conversation continued with (not edited-away
+    questions or answers not picked), replies only if they completed without error (a
+    stopped reply counts, as far as it got)."""
     return [
         Turn("user" if m.role == "user" else "assistant", m.content)
         for m in messages
-        if m.role == "user" or not m.error
+        if not m.alternative and (m.role == "user" or not m.error)
     ]
+
+
+def compare_mode(configs: Sequence[BackendConfig]) -> bool:
+    return len(configs) > 1
 
 
 def conversation_choices(sessions: list[SessionSummary]) -> list[tuple[str, str]]:
     return [(s.title, s.session_id) for s in sessions]
+
+
+def compare_pane(reply: Reply) -> str:
+    """A compare pane: the model's name, its text so far, and its live numbers."""
+    details = reply.details()
+    state = "" if reply.ended_at is not None else " · streaming…"
+    text = reply.text or ("…" if reply.ended_at is None else "")
+    if reply.error:
+        text = f"{text}\n\n⚠️ {reply.error}" if text else f"⚠️ {reply.error}"
+    line = details_text(details) if reply.ended_at is not None or reply.pieces else ""
+    return (
+        f"**{escape(reply.backend.label)}**{state}\n\n{text}\n\n"
+        f'<span class="reply-details">{line}</span>'
+    )
 
 
 class ChatUI:
@@ -116,6 +248,8 @@ class ChatUI:
         self.owners = owners
         self.labels = [b.label for b in settings.chat_backends]
         self.streaming = 0  # replies streaming right now, across all users
+        # Per page session: set by Stop, watched by the reply streaming in that page.
+        self._stops: dict[str, asyncio.Event] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -167,6 +301,36 @@ class ChatUI:
         choices = conversation_choices(sessions)
         return browser_id or "", gr.update(choices=choices, value=None), choices, badge
 
+    async def open_linked(self, browser_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """After load: reopen the conversation named in the address (`?c=ID`), if it is the
+        user's. Another user's link, or a deleted conversation, opens nothing."""
+        session_id = (request.query_params.get("c") or "").strip() if request else ""
+        if not session_id:
+            return tuple(gr.skip() for _ in range(9))
+        opened = await self.restore(session_id, browser_id, request)
+        if not isinstance(opened[1], Conversation):
+            # Nothing of it is shown, and the address stops naming it.
+            return (*opened, gr.skip(), "")
+        return (*opened, gr.update(value=session_id), session_id)
+
+    @staticmethod
+    def take_message(message: str) -> tuple[Any, str]:
+        """Empty the input at once and show Stop; the text goes on to `chat_turn`."""
+        return gr.update(value="", submit_btn=False, stop_btn=True), message
+
+    @staticmethod
+    def input_busy() -> Any:
+        return gr.update(submit_btn=False, stop_btn=True)
+
+    @staticmethod
+    def input_ready() -> Any:
+        return gr.update(submit_btn=True, stop_btn=False)
+
+    async def stop(self, request: gr.Request) -> None:
+        """Stop the reply (or both compare replies) streaming in this page."""
+        if request is not None and (event := self._stops.get(request.session_hash or "")):
+            event.set()
+
     async def send(  # noqa: PLR0917 - Gradio passes event inputs positionally
         self,
         message: str,
@@ -180,81 +344,219 @@ class ChatUI:
         browser_id: str | None,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
-        """Save the user's message, stream the reply token by token, then save the reply.
+        """Save the user's message, stream the reply, then save the reply with its details.
 
-        Outputs are (chatbot, conversation state, conversation list state). Per-token yields
-        skip only State outputs: skipping a visible component makes Gradio rebuild it,
-        which costs milliseconds per token and dominated latency at 50 sessions.
+        Outputs are (chatbot, conversation state, conversation list state).
+        """
+        async for update in self.chat_turn(
+            message,
+            conversation,
+            choices,
+            backend_label,
+            COMPARE_OFF,
+            temperature,
+            top_p,
+            max_tokens,
+            system_prompt,
+            browser_id,
+            request,
+        ):
+            yield update[:3]
+
+    async def chat_turn(  # noqa: PLR0917 - Gradio passes event inputs positionally
+        self,
+        message: str,
+        conversation: Conversation | None,
+        choices: list[tuple[str, str]] | None,
+        backend_label: str,
+        compare_label: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system_prompt: str,
+        browser_id: str | None,
+        request: gr.Request,
+        supersede: Sequence[StoredMessage] = (),
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """One turn: the question saved first, then one reply (or two side by side, in
+        compare mode) streamed and saved.
+
+        Outputs are (chatbot, conversation, conversation list, conversation id, compare row,
+        left pane, right pane). Updates are coalesced by time, never sent per token.
         """
         skip = gr.skip()
+        rest = (skip, skip, skip, skip)
         text = (message or "").strip()
         try:
             owner = await self._owner(request, browser_id) if text else ""
         except IdentityError as err:
-            yield [{"role": "user", "content": text}, _warning(str(err))], skip, skip
+            yield [{"role": "user", "content": text}, _warning(str(err))], skip, skip, *rest
             return
         if not text:
-            yield skip, skip, skip
+            yield skip, skip, skip, *rest
             return
         text, problem = self._checked(text, temperature, top_p, max_tokens)
         if problem:
-            yield self._rejected(conversation, text, problem), skip, skip
+            yield self._rejected(conversation, text, problem), skip, skip, *rest
             return
-        backend_config = self._backend_for(backend_label)
+        configs = [self._backend_for(backend_label)]
+        if compare_label and compare_label != COMPARE_OFF:
+            other = self._backend_for(compare_label)
+            if other.id != configs[0].id:
+                configs.append(other)
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         if conversation is None or conversation.owner != owner:
             conversation = Conversation(owner=owner)
+        elif supersede:
+            # An edit: what it replaces stays saved, marked as no longer continued.
+            start = len(conversation.messages) - len(supersede)
+            conversation.messages[start:] = list(supersede)
+            for earlier in supersede:
+                self.history.append(conversation.session_id, owner, earlier)
         is_new = not conversation.messages
+        system = system_prompt or ""
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
-        question = self._keep_question(conversation, text, backend_config, sampling)
-
-        shown = [*self._chat(conversation), {"role": "assistant", "content": ""}]
-        # Ask the model before echoing the user's message, so both overlap.
-        turns = self._window(conversation, system_prompt or "", backend_config)
-        pieces = self._reply_stream(backend_config, turns, system_prompt or "", sampling)
-        next_piece: asyncio.Future[str | None] = asyncio.ensure_future(anext(pieces, None))
-        reply = ""
-        error: str | None = "the reply was interrupted (the browser disconnected)"
-        self.streaming += 1
-        try:
-            yield list(shown), conversation, skip
-            last_update = 0.0
-            while (piece := await next_piece) is not None:
-                reply += piece
-                next_piece = asyncio.ensure_future(anext(pieces, None))
-                now = time.monotonic()
-                if now - last_update >= self._update_interval_s(len(shown)):
-                    last_update = now
-                    shown[-1] = {"role": "assistant", "content": reply}
-                    yield list(shown), skip, skip
-            error = None
-        except BackendError as err:
-            error = self._failure_text(backend_config.id, err)
-        except Exception as err:  # the app keeps serving whatever a backend does
-            log.exception("backend %s failed unexpectedly", backend_config.id)
-            error = f"{backend_config.label} failed unexpectedly ({type(err).__name__})."
-        finally:
-            self.streaming -= 1
-            next_piece.cancel()
-            # Runs on a browser disconnect too (the generator is closed): the reply is kept.
-            self._keep_reply(conversation, question, reply, error, sampling)
-
+        question = self._keep_question(conversation, text, configs[0], sampling, system)
         listed = self._listed(choices, conversation) if is_new else skip
-        yield self._chat(conversation), conversation, listed
+        async for update in self._turn_updates(
+            conversation, question, configs, sampling, system, request, listed
+        ):
+            yield update
 
-    def _reply_stream(
-        self, backend: BackendConfig, turns: list[Turn], system_prompt: str, sampling: Sampling
-    ) -> AsyncIterator[str]:
-        """The backend's reply, piece by piece, timed for the metrics."""
-        stream = self.backends[backend.id].stream(turns, system_prompt, sampling)
-        return aiter(watch_reply(backend.id, stream))
+    async def _turn_updates(  # noqa: PLR0917
+        self,
+        conversation: Conversation,
+        question: StoredMessage,
+        configs: Sequence[BackendConfig],
+        sampling: Sampling,
+        system: str,
+        request: gr.Request | None,
+        listed: Any,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The screen updates of replies streaming to `question` (outputs as `chat_turn`)."""
+        skip = gr.skip()
+        shown = self._chat(conversation)
+        compare = compare_mode(configs)
+        panes: list[Any] = [skip, skip]
+        # The first update carries the state, the list, the id and the compare row (shown in
+        # compare mode, hidden otherwise); later ones only what changed: Gradio copies every
+        # State it is sent, and each output costs the one event loop CPU.
+        opened: tuple[Any, ...] = (
+            conversation,
+            listed,
+            conversation.session_id,
+            gr.update(visible=compare),
+        )
+        unchanged = (skip, skip, skip, skip)
+        stream = self._stream_replies(conversation, question, configs, sampling, system, request)
+        async with aclosing(stream):
+            async for replies, done in stream:
+                if compare:
+                    panes = [compare_pane(r) for r in replies]
+                if done:
+                    break
+                if compare:
+                    yield (shown if opened is not unchanged else skip), *opened, *panes
+                else:
+                    live = {"role": "assistant", "content": replies[0].text}
+                    yield [*shown, live], *opened, skip, skip
+                opened = unchanged
+        final = self._chat(conversation)
+        row = gr.update(visible=True) if compare else skip
+        yield final, conversation, skip, conversation.session_id, row, *panes
 
-    def _chat(self, conversation: Conversation) -> list[dict[str, str]]:
+    async def _stream_replies(  # noqa: PLR0917
+        self,
+        conversation: Conversation,
+        question: StoredMessage,
+        configs: Sequence[BackendConfig],
+        sampling: Sampling,
+        system: str,
+        request: gr.Request | None,
+    ) -> AsyncGenerator[tuple[list[Reply], bool]]:
+        """Stream one reply per backend at once; yields (replies, done) at most once per
+        update interval, and keeps every reply (stopped, failed or complete) at the end."""
+        key = request.session_hash if request is not None else None
+        stop = asyncio.Event()
+        if key:
+            self._stops[key] = stop
+        changed = asyncio.Event()
+        replies = [Reply(c) for c in configs]
+        tasks = [
+            asyncio.ensure_future(self._pump(r, conversation, system, sampling, changed))
+            for r in replies
+        ]
+        stopping = asyncio.ensure_future(stop.wait())
+        self.streaming += len(replies)
+        try:
+            yield replies, False
+            last_update = 0.0
+            while not all(t.done() for t in tasks) and not stop.is_set():
+                changed.clear()
+                waiting = asyncio.ensure_future(changed.wait())
+                await asyncio.wait([*tasks, stopping, waiting], return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                # Tokens that arrive within the interval share the next update.
+                hold = self._update_interval_s(len(conversation.messages)) - (
+                    time.monotonic() - last_update
+                )
+                if hold > 0 and not stop.is_set():
+                    await asyncio.wait(
+                        [stopping, *tasks], timeout=hold, return_when=asyncio.FIRST_COMPLETED
+                    )
+                if stop.is_set():
+                    break
+                last_update = time.monotonic()
+                yield replies, False
+            for reply in replies:
+                reply.end("stopped")
+        finally:
+            self.streaming -= len(replies)
+            stopping.cancel()
+            for task in tasks:
+                task.cancel()
+            if key and self._stops.get(key) is stop:
+                del self._stops[key]
+            # Runs on a browser disconnect too (the generator is closed): replies are kept.
+            self._keep_replies(conversation, question, replies, sampling)
+        yield replies, True
+
+    async def _pump(
+        self,
+        reply: Reply,
+        conversation: Conversation,
+        system: str,
+        sampling: Sampling,
+        changed: asyncio.Event,
+    ) -> None:
+        """Read one backend's stream into `reply`; the per-token path does nothing else."""
+        config = reply.backend
+        turns = self._window(conversation, system, config)
+        # Timed and counted for /metrics on the way.
+        pieces = watch_reply(config.id, self.backends[config.id].stream(turns, system, sampling))
+        try:
+            async for piece in pieces:
+                reply.add(piece)
+                changed.set()
+        except BackendError as err:
+            reply.end("error", self._failure_text(config.id, err))
+        except asyncio.CancelledError:
+            reply.end("stopped")
+            raise
+        except Exception as err:  # the app keeps serving whatever a backend does
+            log.exception("backend %s failed unexpectedly", config.id)
+            reply.end("error", f"{config.label} failed unexpectedly ({type(err).__name__}).")
+        else:
+            reply.end("length" if len(reply.pieces) >= sampling.max_tokens else "complete")
+        finally:
+            changed.set()
+
+    def _chat(self, conversation: Conversation) -> list[dict[str, Any]]:
         return to_chatbot(conversation.messages, self.history.failed_in(conversation.session_id))
 
     def _rejected(
         self, conversation: Conversation | None, text: str, problem: str
-    ) -> list[dict[str, str]]:
+    ) -> list[dict[str, Any]]:
         """The chat with a refused message and why; nothing is saved. The text is shown
         (made displayable) so the user can copy and fix it."""
         earlier = self._chat(conversation) if conversation is not None else []
@@ -262,37 +564,63 @@ class ChatUI:
         return [*earlier, {"role": "user", "content": shown}, _warning(problem)]
 
     def _keep_question(
-        self, conversation: Conversation, text: str, backend: BackendConfig, sampling: Sampling
+        self,
+        conversation: Conversation,
+        text: str,
+        backend: BackendConfig,
+        sampling: Sampling,
+        system_prompt: str,
     ) -> StoredMessage:
         # Numbered by the history, so another tab on this conversation cannot interleave.
         seq = self.history.reserve_turn(conversation.session_id, len(conversation.messages))
         return self._keep(
-            conversation, "user", text, seq=seq, backend_id=backend.id, sampling=sampling
+            conversation,
+            StoredMessage(
+                seq=seq,
+                role="user",
+                content=text,
+                backend_id=backend.id,
+                sampling=sampling.as_dict(),
+                system_prompt=system_prompt,
+            ),
         )
 
-    def _keep_reply(
+    def _keep_replies(
         self,
         conversation: Conversation,
         question: StoredMessage,
-        reply: str,
-        error: str | None,
+        replies: Sequence[Reply],
         sampling: Sampling,
     ) -> None:
-        """Keep a reply right after its question: cut to the size limit, never refused."""
-        reply, cut = fit_text(reply, self.settings.max_message_bytes)
-        if cut:
-            limit = self.settings.max_message_bytes
-            note = f"the reply was cut at {limit:,} bytes, the most a message may hold"
-            error = f"{error}; {note}" if error else note.capitalize() + "."
-        self._keep(
-            conversation,
-            "assistant",
-            reply,
-            seq=question.seq + 1,
-            backend_id=question.backend_id or "",
-            sampling=sampling,
-            error=error,
-            reply_to=question.doc_id,
+        """Keep each reply right after its question: cut to the size limit, never refused.
+        In compare mode the first reply without an error is the one continued with."""
+        keep = next((i for i, r in enumerate(replies) if not r.error), 0)
+        for index, reply in enumerate(replies):
+            reply.end("interrupted", "the reply was interrupted (the browser disconnected)")
+            text, cut = fit_text(reply.text, self.settings.max_message_bytes)
+            error = reply.error
+            if cut:
+                limit = self.settings.max_message_bytes
+                note = f"the reply was cut at {limit:,} bytes, the most a message may hold"
+                error = f"{error}; {note}" if error else note.capitalize() + "."
+            self._keep(
+                conversation,
+                StoredMessage(
+                    seq=question.seq + 1,
+                    role="assistant",
+                    content=text,
+                    backend_id=reply.backend.id,
+                    sampling=sampling.as_dict(),
+                    error=error,
+                    reply_to=question.doc_id,
+                    details={**reply.details(), "pane": index},
+                    alternative=index != keep,
+                ),
+            )
+        # The answer kept comes right after its question; alternatives follow it.
+        start = conversation.messages.index(question) + 1
+        conversation.messages[start:] = sorted(
+            conversation.messages[start:], key=lambda m: m.alternative
         )
 
     def _checked(
@@ -342,43 +670,162 @@ class ChatUI:
         except KeyError:
             return self.settings.chat_backends[0]
 
-    def _keep(
-        self,
-        conversation: Conversation,
-        role: str,
-        content: str,
-        *,
-        seq: int,
-        backend_id: str,
-        sampling: Sampling,
-        error: str | None = None,
-        reply_to: str | None = None,
-    ) -> StoredMessage:
-        stored = StoredMessage(
-            seq=seq,
-            role=role,
-            content=content,
-            backend_id=backend_id,
-            sampling=sampling.as_dict(),
-            error=error,
-            reply_to=reply_to,
-        )
+    def _keep(self, conversation: Conversation, stored: StoredMessage) -> StoredMessage:
         conversation.messages.append(stored)
         self.history.append(conversation.session_id, conversation.owner, stored)
         return stored
+
+    def pick(self, side: int, conversation: Conversation | None) -> tuple[Any, Any, Any]:
+        """Compare mode: continue with the answer of pane `side` (0 left, 1 right); both
+        stay saved, the other one as an alternative."""
+        pair = conversation.messages[-2:] if conversation is not None else []
+        chosen = next((m for m in pair if (m.details or {}).get("pane") == side), None)
+        if (
+            conversation is None
+            or chosen is None
+            or len(pair) != 2
+            or any(m.role != "assistant" or m.seq != chosen.seq for m in pair)
+        ):
+            return self._unchanged("There is no pair of answers to pick from.")[:3]
+        other = next(m for m in pair if m is not chosen)
+        updated = [replace(chosen, alternative=False), replace(other, alternative=True)]
+        conversation.messages[-2:] = updated
+        for message in updated:
+            # The same document again: Firestore keeps the latest write of it.
+            self.history.append(conversation.session_id, conversation.owner, message)
+        label = (chosen.details or {}).get("backend", "that model")
+        gr.Info(f"Continuing with {label}'s answer; both answers are saved.")
+        return self._chat(conversation), conversation, gr.update(visible=False)
+
+    async def regenerate(  # noqa: PLR0917 - Gradio passes event inputs positionally
+        self,
+        conversation: Conversation | None,
+        backend_label: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system_prompt: str,
+        browser_id: str | None,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Answer the last question again; earlier answers stay saved, as alternatives."""
+        skip = gr.skip()
+        unchanged = tuple(skip for _ in range(7))
+        try:
+            owner = await self._owner(request, browser_id)
+        except IdentityError as err:
+            gr.Warning(str(err))
+            yield unchanged
+            return
+        question = None
+        if conversation is not None and conversation.owner == owner:
+            question = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
+        problem = sampling_problem(temperature, top_p, max_tokens)
+        if conversation is None or question is None or problem:
+            gr.Warning(problem or "There is no question to answer again yet.")
+            yield unchanged
+            return
+        start = conversation.messages.index(question) + 1
+        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
+        conversation.messages[start:] = earlier
+        for message in earlier:
+            self.history.append(conversation.session_id, owner, message)
+        sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
+        config = self._backend_for(backend_label)
+        async for update in self._turn_updates(
+            conversation, question, [config], sampling, system_prompt or "", request, skip
+        ):
+            yield update
+
+    async def edit_and_resend(  # noqa: PLR0917 - Gradio passes event inputs positionally
+        self,
+        conversation: Conversation | None,
+        backend_label: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system_prompt: str,
+        browser_id: str | None,
+        request: gr.Request,
+        edit: gr.EditData,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Send an edited question as a new turn. The original and everything after it stay
+        saved, shown as the earlier version, and are no longer sent to a model."""
+        skip = gr.skip()
+        index = edit.index if isinstance(edit.index, int) else -1
+        edited = (
+            conversation.messages[index]
+            if conversation and 0 <= index < len(conversation.messages)
+            else None
+        )
+        if conversation is None or edited is None or edited.role != "user":
+            gr.Warning("Only your own messages of the open conversation can be edited.")
+            yield (self._chat(conversation) if conversation else skip), *(skip,) * 6
+            return
+        start = conversation.messages.index(edited)
+        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
+        async for update in self.chat_turn(
+            str(edit.value or ""),
+            conversation,
+            None,
+            backend_label,
+            COMPARE_OFF,
+            temperature,
+            top_p,
+            max_tokens,
+            system_prompt,
+            browser_id,
+            request,
+            supersede=earlier,
+        ):
+            yield update
+
+    def pick_left(self, conversation: Conversation | None) -> tuple[Any, Any, Any]:
+        return self.pick(0, conversation)
+
+    def pick_right(self, conversation: Conversation | None) -> tuple[Any, Any, Any]:
+        return self.pick(1, conversation)
+
+    @staticmethod
+    def opened_id(conversation: Conversation | None) -> Any:
+        return conversation.session_id if isinstance(conversation, Conversation) else gr.skip()
 
     @staticmethod
     def show_choices(choices: list[tuple[str, str]], conversation: Conversation | None) -> Any:
         selected = conversation.session_id if conversation is not None else None
         return gr.update(choices=choices, value=selected)
 
+    def _settings_of(self, messages: list[StoredMessage]) -> tuple[Any, ...]:
+        """Model, sliders and persona as the conversation last used them."""
+        skip = gr.skip()
+        asked = next((m for m in reversed(messages) if m.role == "user"), None)
+        if asked is None:
+            return skip, skip, skip, skip, skip
+        backend = self.settings.backend_by_id(asked.backend_id or "")
+        sampling = asked.sampling or {}
+
+        def value(name: str) -> Any:
+            return gr.update(value=sampling[name]) if name in sampling else skip
+
+        persona = skip if asked.system_prompt is None else gr.update(value=asked.system_prompt)
+        return (
+            gr.update(value=backend.label) if backend else skip,
+            value("temperature"),
+            value("top_p"),
+            value("max_tokens"),
+            persona,
+        )
+
     async def restore(
         self, session_id: str | None, browser_id: str | None, request: gr.Request
-    ) -> tuple[Any, Any, Any]:
-        """Open one of the user's earlier conversations, in full."""
+    ) -> tuple[Any, ...]:
+        """Open one of the user's earlier conversations, in full, with its settings.
+
+        Outputs are (chatbot, conversation, model, temperature, top-p, max tokens, persona).
+        """
         skip = gr.skip()
         if not session_id:
-            return skip, skip, skip
+            return tuple(skip for _ in range(7))
         try:
             owner = await self._owner(request, browser_id)
             messages = await self.history.load(owner, session_id)
@@ -389,24 +836,51 @@ class ChatUI:
         if messages is None:
             return self._unchanged(NOT_YOURS)
         conversation = Conversation(owner=owner, session_id=session_id, messages=messages)
-        last_backend = next(
-            (
-                self.settings.backend_by_id(m.backend_id)
-                for m in reversed(messages)
-                if m.backend_id and self.settings.backend_by_id(m.backend_id)
-            ),
-            None,
-        )
-        backend_update = gr.update(value=last_backend.label) if last_backend else skip
         failed = self.history.failed_in(session_id)
-        return to_chatbot(messages, failed), conversation, backend_update
+        return to_chatbot(messages, failed), conversation, *self._settings_of(messages)
 
     @staticmethod
-    def _unchanged(warning: str) -> tuple[Any, Any, Any]:
-        """Warn the user and leave the three outputs as they are."""
+    def _unchanged(warning: str) -> tuple[Any, ...]:
+        """Warn the user and leave the outputs as they are."""
         gr.Warning(warning)
+        return tuple(gr.skip() for _ in range(7))
+
+    async def rename(
+        self,
+        title: str,
+        conversation: Conversation | None,
+        choices: list[tuple[str, str]] | None,
+        browser_id: str | None,
+        request: gr.Request,
+    ) -> tuple[Any, Any]:
+        """Give the open conversation a new title. Outputs: (list state, title box)."""
         skip = gr.skip()
-        return skip, skip, skip
+        title = " ".join((title or "").split())
+        if conversation is None or not conversation.messages:
+            gr.Warning("Open a conversation first; there is nothing to rename.")
+            return skip, skip
+        if not title:
+            gr.Warning("Type the new name first, then press Rename.")
+            return skip, skip
+        try:
+            owner = await self._owner(request, browser_id)
+            renamed = owner == conversation.owner and await self.history.rename(
+                owner, conversation.session_id, title
+            )
+        except IdentityError as err:
+            gr.Warning(str(err))
+            return skip, skip
+        except HistoryUnavailableError:
+            gr.Warning("History is unreachable right now; the name is unchanged. Try again soon.")
+            return skip, skip
+        if not renamed:
+            gr.Warning(NOT_YOURS)
+            return skip, skip
+        listed = [
+            (title_for(title) if sid == conversation.session_id else name, sid)
+            for name, sid in choices or []
+        ]
+        return listed, ""
 
     async def delete(
         self,
@@ -414,34 +888,34 @@ class ChatUI:
         choices: list[tuple[str, str]] | None,
         browser_id: str | None,
         request: gr.Request,
-    ) -> tuple[Any, Any, Any]:
+    ) -> tuple[Any, ...]:
         """Delete the open conversation and every message of it, from Firestore too."""
         if conversation is None or not conversation.messages:
-            return self._unchanged("Open a conversation first; there is nothing to delete.")
+            return self._unchanged("Open a conversation first; there is nothing to delete.")[:4]
         try:
             owner = await self._owner(request, browser_id)
             deleted = owner == conversation.owner and await self.history.delete(
                 owner, conversation.session_id
             )
         except IdentityError as err:
-            return self._unchanged(str(err))
+            return self._unchanged(str(err))[:4]
         except HistoryUnavailableError:
             return self._unchanged(
                 "History is unreachable right now; nothing was deleted. Try again soon."
-            )
+            )[:4]
         if not deleted:
-            return self._unchanged(NOT_YOURS)
+            return self._unchanged(NOT_YOURS)[:4]
         gr.Info("The conversation and all its messages are deleted.")
         remaining = [c for c in choices or [] if c[1] != conversation.session_id]
-        return [], None, remaining
+        return [], None, remaining, ""
 
     @staticmethod
-    def new_chat() -> tuple[list[Any], None, Any]:
-        return [], None, gr.update(value=None)
+    def new_chat() -> tuple[list[Any], None, Any, str, Any]:
+        return [], None, gr.update(value=None), "", gr.update(visible=False)
 
     # -- layout ----------------------------------------------------------------------------
 
-    def build(self) -> gr.Blocks:
+    def build(self) -> gr.Blocks:  # noqa: PLR0915 - one place lays out the whole page
         settings = self.settings
         # Not `with gr.Blocks() as demo`: Blocks.__enter__ (which returns self) is untyped.
         demo = gr.Blocks(title="Gemma Stack Chat", fill_height=True)
@@ -451,14 +925,19 @@ class ChatUI:
             )
             conversation = gr.State(None)
             choices_state = gr.State([])
-            with gr.Sidebar(label="Conversations", width=300):
+            pending = gr.State("")
+            conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
+            with gr.Sidebar(label="Conversations", width=280, elem_id="sidebar"):
                 new_chat = gr.Button("New chat", variant="primary")
-                delete_chat = gr.Button("Delete this chat", variant="stop", size="sm")
                 conversation_list = gr.Radio(
                     choices=[],
                     label="Your conversations",
                     elem_id="conversation-list",
                 )
+                with gr.Accordion("Rename or delete this chat", open=False):
+                    new_title = gr.Textbox(placeholder="New name", show_label=False)
+                    rename_chat = gr.Button("Rename", size="sm")
+                    delete_chat = gr.Button("Delete this chat", variant="stop", size="sm")
                 who = gr.Markdown()
                 if settings.auth_mode == "login":
                     gr.Button("Sign out", link="logout", size="sm", variant="secondary")
@@ -469,47 +948,126 @@ class ChatUI:
             )
             if settings.chat_notice:
                 gr.Markdown(settings.chat_notice, elem_id="chat-notice")
-            with gr.Row():
-                backend = gr.Dropdown(
-                    choices=self.labels, value=self.labels[0], label="Model", scale=2
+            with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
+                with gr.Row():
+                    backend = gr.Dropdown(
+                        choices=self.labels, value=self.labels[0], label="Model", elem_id="model"
+                    )
+                    compare_with = gr.Dropdown(
+                        choices=[COMPARE_OFF, *self.labels],
+                        value=COMPARE_OFF,
+                        label="Compare with",
+                        elem_id="compare-with",
+                        info="Ask a second model at once; pick the answer to continue with.",
+                    )
+                with gr.Row():
+                    temperature = gr.Slider(
+                        *TEMPERATURE,
+                        value=DEFAULT_SAMPLING.temperature,
+                        step=0.05,
+                        label="Temperature",
+                        elem_id="temperature",
+                    )
+                    top_p = gr.Slider(
+                        *TOP_P, value=DEFAULT_SAMPLING.top_p, step=0.05, label="Top-p"
+                    )
+                    max_tokens = gr.Slider(
+                        *MAX_TOKENS, value=DEFAULT_SAMPLING.max_tokens, step=1, label="Max tokens"
+                    )
+                system_prompt = gr.Textbox(
+                    value=settings.system_prompt,
+                    lines=2,
+                    label="System prompt (persona)",
+                    elem_id="persona",
                 )
-                temperature = gr.Slider(*TEMPERATURE, value=0.9, step=0.05, label="Temperature")
-                top_p = gr.Slider(*TOP_P, value=0.95, step=0.05, label="Top-p")
-                max_tokens = gr.Slider(*MAX_TOKENS, value=1024, step=1, label="Max tokens")
-            with gr.Accordion("System prompt (persona)", open=False):
-                system_prompt = gr.Textbox(value=settings.system_prompt, lines=3, show_label=False)
-            chatbot = gr.Chatbot(label="Chat", scale=1, height="60vh", buttons=["copy", "copy_all"])
+            chatbot = gr.Chatbot(
+                editable="user", label="Chat", scale=1, height="60vh", buttons=["copy", "copy_all"]
+            )
+            with gr.Row(visible=False, elem_id="compare-row") as compare_row:
+                with gr.Column(min_width=160):
+                    pane_a = gr.Markdown(elem_classes=["compare-pane"], elem_id="pane-a")
+                    pick_a = gr.Button("Continue with this answer", size="sm")
+                with gr.Column(min_width=160):
+                    pane_b = gr.Markdown(elem_classes=["compare-pane"], elem_id="pane-b")
+                    pick_b = gr.Button("Continue with this answer", size="sm")
             message = gr.Textbox(
-                placeholder="Ask anything…", show_label=False, submit_btn=True, autofocus=True
+                placeholder="Ask anything…",
+                show_label=False,
+                submit_btn=True,
+                stop_btn=False,
+                autofocus=True,
+                elem_id="message",
             )
 
+            restored = [chatbot, conversation, backend, temperature, top_p, max_tokens]
+            restored.append(system_prompt)
+            demo.load(None, js=CLOSE_SIDEBAR_ON_PHONES)
             demo.load(
                 self.on_load,
                 inputs=[browser_id],
                 outputs=[browser_id, conversation_list, choices_state, who],
                 api_name="conversations",
+            ).then(
+                self.open_linked,
+                inputs=[browser_id],
+                outputs=[*restored, conversation_list, conversation_id],
+                api_visibility="private",
             )
-            message.submit(
+            turn_outputs = [chatbot, conversation, choices_state, conversation_id, compare_row]
+            turn_outputs += [pane_a, pane_b]
+            # What every streaming event reads after its own inputs, and how it is queued.
+            asked_with = [temperature, top_p, max_tokens, system_prompt, browser_id]
+            streaming: dict[str, Any] = {
+                "concurrency_limit": settings.max_concurrent_chats,
+                "concurrency_id": "chat",
+                "show_progress": "hidden",
+            }
+            turn = message.submit(
+                self.take_message,
+                inputs=[message],
+                outputs=[message, pending],
+                api_visibility="private",
+                queue=False,
+            ).then(
+                self.chat_turn,
+                inputs=[pending, conversation, choices_state, backend, compare_with, *asked_with],
+                outputs=turn_outputs,
+                api_visibility="private",
+                **streaming,
+            )
+            turn.then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
+            # The chat's retry icon answers the last question again, keeping the old answer.
+            chatbot.retry(
+                self.input_busy,
+                outputs=[message],
+                queue=False,
+                api_visibility="private",
+            ).then(
+                self.regenerate,
+                inputs=[conversation, backend, *asked_with],
+                outputs=turn_outputs,
+                api_name="regenerate",
+                **streaming,
+            ).then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
+            # The edit itself starts the turn: only the event it triggers gets its EditData.
+            chatbot.edit(
+                self.edit_and_resend,
+                inputs=[conversation, backend, *asked_with],
+                outputs=turn_outputs,
+                api_visibility="private",
+                **streaming,
+            ).then(self.input_ready, outputs=[message], queue=False, api_visibility="private")
+            message.stop(self.stop, queue=False, api_visibility="private")
+            # The same turn for API clients, whose message comes with the call.
+            api_send = gr.Button(visible=False)
+            api_send.click(
                 self.send,
-                inputs=[
-                    message,
-                    conversation,
-                    choices_state,
-                    backend,
-                    temperature,
-                    top_p,
-                    max_tokens,
-                    system_prompt,
-                    browser_id,
-                ],
+                inputs=[message, conversation, choices_state, backend, *asked_with],
                 outputs=[chatbot, conversation, choices_state],
                 api_name="send",
-                concurrency_limit=settings.max_concurrent_chats,
-                concurrency_id="chat",
-                show_progress="hidden",
+                **streaming,
             )
-            # Registered after `send`, which has already read the message when this clears it.
-            message.submit(None, js="() => ''", outputs=[message], queue=False)
+            conversation_id.change(None, js=SYNC_ADDRESS, inputs=[conversation_id])
             choices_state.change(
                 self.show_choices,
                 inputs=[choices_state, conversation],
@@ -520,18 +1078,36 @@ class ChatUI:
             conversation_list.input(
                 self.restore,
                 inputs=[conversation_list, browser_id],
-                outputs=[chatbot, conversation, backend],
+                outputs=restored,
                 api_name="restore",
+            ).then(
+                self.opened_id,
+                inputs=[conversation],
+                outputs=[conversation_id],
+                api_visibility="private",
+                queue=False,
             )
-            new_chat.click(
-                self.new_chat,
-                outputs=[chatbot, conversation, conversation_list],
-                api_name="new_chat",
+            for button, choose in ((pick_a, self.pick_left), (pick_b, self.pick_right)):
+                button.click(
+                    choose,
+                    inputs=[conversation],
+                    outputs=[chatbot, conversation, compare_row],
+                    api_name=choose.__name__,
+                )
+            fresh = [chatbot, conversation, conversation_list, conversation_id, compare_row]
+            new_chat.click(self.new_chat, outputs=fresh, api_name="new_chat")
+            # The chat's own trash icon starts afresh too; the conversation stays saved.
+            chatbot.clear(self.new_chat, outputs=fresh, api_visibility="private")
+            rename_chat.click(
+                self.rename,
+                inputs=[new_title, conversation, choices_state, browser_id],
+                outputs=[choices_state, new_title],
+                api_name="rename",
             )
             delete_chat.click(
                 self.delete,
                 inputs=[conversation, choices_state, browser_id],
-                outputs=[chatbot, conversation, choices_state],
+                outputs=[chatbot, conversation, choices_state, conversation_id],
                 api_name="delete",
             )
         demo.queue(default_concurrency_limit=16, max_size=settings.queue_size)

@@ -4,7 +4,9 @@ No real model server fails on demand, so this one speaks just enough of the Open
 streaming APIs to fail in the ways the chat app must survive. The model name picks the
 behaviour: `drop` streams a few words then cuts the connection, `busy` answers 429, `pending`
 answers 503 (a Gemma pod still waiting for a GPU), `hang` never answers, `echo` streams back what
-it received (Authorization header, roles, system prompt) as one JSON text.
+it received (Authorization header, roles, system prompt) as one JSON text, `long` streams
+LONG_TOKENS numbered words slowly (a reply long enough to stop mid-way), `paced` streams
+PACED_WORDS at a steady pace (streaming that shows on screen however busy the machine is).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import threading
 from typing import Any
 
 DROP_WORDS = ["Partial ", "reply ", "before ", "the ", "cut"]
+LONG_TOKENS = 1000
+LONG_WORD_S = 0.02
+PACED_WORDS = [f"p{i} " for i in range(40)]
 
 
 class MisbehavingBackend:
@@ -112,10 +117,14 @@ class MisbehavingBackend:
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
         words = [json.dumps(_summary(headers, body, gemini))] if model == "echo" else DROP_WORDS
+        if model == "long":
+            words = [f"w{i} " for i in range(LONG_TOKENS)]
+        if model == "paced":
+            words = PACED_WORDS
         for word in words:
             await self._send_event(writer, word, gemini)
-            await asyncio.sleep(0.02)
-        if model == "echo":
+            await asyncio.sleep(LONG_WORD_S if model == "long" else 0.03)
+        if model in ("echo", "long", "paced"):
             if not gemini:
                 await self._send_chunk(writer, b"data: [DONE]\n\n")
             await self._send_chunk(writer, b"")

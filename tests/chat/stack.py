@@ -34,6 +34,9 @@ VERTEX = "Gemini 2.5 Flash (Vertex AI)"
 DOWN = "Gemma on Cloud Run (down)"
 ECHO = "Echo (OpenAI API)"
 GEMINI_ECHO = "Echo (Gemini API)"
+LONG = "Long talker (1,000 tokens)"
+PACED = "Paced (OpenAI API)"
+GEMINI_PACED = "Paced (Gemini API)"
 
 
 def start_app(
@@ -96,6 +99,9 @@ class Stack:
             _backend("down", DOWN, "openai", "tiny", f"http://127.0.0.1:{free_port()}/v1"),
             _backend("echo", ECHO, "openai", "echo", f"{bad}/v1"),
             _backend("gemini-echo", GEMINI_ECHO, "gemini", "echo", bad),
+            _backend("long", LONG, "openai", "long", f"{bad}/v1"),
+            _backend("paced", PACED, "openai", "paced", f"{bad}/v1"),
+            _backend("gemini-paced", GEMINI_PACED, "gemini", "paced", bad),
         ]
 
     def inference(self) -> ServerProcess:

@@ -10,12 +10,12 @@ from app.chat.backends import make_backend
 from app.chat.history import ChatHistory
 from app.chat.identity import OwnerResolver
 from app.chat.settings import ChatSettings
-from app.chat.ui import ChatUI
+from app.chat.ui import ChatUI, to_turns, without_details
 from tests.chat.stack import DATABASE, REPLY
 
 
 def text_of(chat: list[dict[str, Any]]) -> str:
-    return str(chat[-1]["content"])
+    return without_details(str(chat[-1]["content"]))
 
 
 async def run_send(inference_url: str, project: str, interval_ms: int) -> list[Any]:
@@ -71,3 +71,113 @@ async def test_fast_tokens_share_updates_and_the_reply_still_arrives_whole(
     assert texts[1]
     assert REPLY.startswith(texts[1])
     assert texts[-1] == REPLY
+
+
+async def test_compare_saves_both_answers_and_the_pick_decides_what_the_model_sees(
+    inference_url: str, firestore: Any
+) -> None:
+    config = {"kind": "openai", "model": "tiny", "base_url": f"{inference_url}/v1"}
+    settings = ChatSettings(
+        chat_backends=[
+            {"id": "left", "label": "Left", **config},  # type: ignore[list-item]
+            {"id": "right", "label": "Right", **config},  # type: ignore[list-item]
+        ],
+        stream_update_interval_ms=40,
+        auth_mode="none",
+    )
+    history = ChatHistory(firestore.project, DATABASE)
+    backends = {b.id: make_backend(b) for b in settings.chat_backends}
+    ui = ChatUI(settings, history, backends, OwnerResolver(settings))
+    request = gr.Request(username=None, session_hash="in-process-compare")
+    updates = [
+        update
+        async for update in ui.chat_turn(
+            "hi", None, [], "Left", "Right", 0.9, 0.95, 64, "", "browser-compare", request
+        )
+    ]
+    conversation = updates[-1][1]
+    panes = [u[5] for u in updates if isinstance(u[5], str)]
+    assert panes
+    assert REPLY in panes[-1]
+    assert "Left" in panes[-1]
+    assert [(m.role, m.backend_id, m.alternative) for m in conversation.messages] == [
+        ("user", "left", False),
+        ("assistant", "left", False),
+        ("assistant", "right", True),
+    ]
+    assert [t.role for t in to_turns(conversation.messages)] == ["user", "assistant"]
+
+    ui.pick_right(conversation)
+    assert [(m.backend_id, m.alternative) for m in conversation.messages[1:]] == [
+        ("right", False),
+        ("left", True),
+    ]
+    assert await history.flush(20)
+    stored = await history.load("browser:browser-compare", conversation.session_id) or []
+    assert [(m.backend_id, m.alternative) for m in stored] == [
+        ("left", False),
+        ("right", False),
+        ("left", True),
+    ]
+    # Regenerate: the last question answered again; the answers before stay as alternatives.
+    updates = [
+        u
+        async for u in ui.regenerate(
+            conversation, "Left", 0.9, 0.95, 64, "", "browser-compare", request
+        )
+    ]
+    assert without_details(str(updates[-1][0][1]["content"])) == REPLY
+    assert [(m.backend_id, m.alternative) for m in conversation.messages[1:]] == [
+        ("left", False),
+        ("right", True),
+        ("left", True),
+    ]
+    assert [t.role for t in to_turns(conversation.messages)] == ["user", "assistant"]
+    assert await history.flush(20)
+    stored = await history.load("browser:browser-compare", conversation.session_id) or []
+    assert [(m.backend_id, m.alternative) for m in stored][1] == ("left", False)
+    assert len(stored) == 4
+    details = stored[1].details or {}
+    assert details["finish"] == "complete"
+    assert details["tokens"] > 1
+    assert details["ttft_s"] is not None
+    await history.close()
+    for backend in backends.values():
+        await backend.aclose()
+
+
+async def test_an_edited_question_is_a_new_turn_and_the_original_stays_saved(
+    inference_url: str, firestore: Any
+) -> None:
+    backend = {"id": "gemma", "label": "Gemma", "kind": "openai", "model": "tiny"}
+    settings = ChatSettings(
+        chat_backends=[{**backend, "base_url": f"{inference_url}/v1"}],  # type: ignore[list-item]
+        auth_mode="none",
+    )
+    history = ChatHistory(firestore.project, DATABASE)
+    backends = {"gemma": make_backend(settings.chat_backends[0])}
+    ui = ChatUI(settings, history, backends, OwnerResolver(settings))
+    request = gr.Request(username=None, session_hash="in-process-edit")
+    args = ("Gemma", 0.9, 0.95, 64, "", "browser-edit", request)
+    updates = [u async for u in ui.chat_turn("hi", None, [], "Gemma", "Off", *args[1:])]
+    conversation = updates[-1][1]
+    edit = gr.EditData(None, {"index": 0, "value": "hello again", "previous_value": "hi"})
+    updates = [u async for u in ui.edit_and_resend(conversation, *args, edit)]
+    assert [(m.role, m.content, m.alternative) for m in conversation.messages] == [
+        ("user", "hi", True),
+        ("assistant", REPLY, True),
+        ("user", "hello again", False),
+        ("assistant", REPLY, False),
+    ]
+    assert [t.content for t in to_turns(conversation.messages)] == ["hello again", REPLY]
+    assert "earlier version" in str(updates[-1][0][0]["content"])
+    assert await history.flush(20)
+    stored = await history.load("browser:browser-edit", conversation.session_id) or []
+    assert [(m.content, m.alternative) for m in stored] == [
+        ("hi", True),
+        (REPLY, True),
+        ("hello again", False),
+        (REPLY, False),
+    ]
+    await history.close()
+    await backends["gemma"].aclose()

@@ -209,7 +209,7 @@ def test_two_tabs_on_one_conversation_keep_each_reply_after_its_question(
     assert len({m["seq"] for _, m in stored}) == 6, "two tabs reused sequence numbers"
     reloaded = connect(chat_app)
     reloaded.predict(browser, api_name="/conversations")
-    chat, _ = reloaded.predict(session.id, browser, api_name="/restore")
+    chat, *_ = reloaded.predict(session.id, browser, api_name="/restore")
     roles = [m["role"] for m in chat]
     assert roles == ["user", "assistant"] * 3
     for question, reply in zip(chat[::2], chat[1::2], strict=True):
@@ -282,12 +282,30 @@ def test_delete_removes_the_conversation_and_its_messages(chat_app: ServerProces
     )
     session = wait_for(lambda: sessions_of(f"browser:{browser}"))[0]
     assert wait_for(lambda: len(messages_of(session.id)) == 4)
-    chat = client.predict(browser, api_name="/delete")
+    chat, opened = client.predict(browser, api_name="/delete")
     assert chat == []
+    assert opened == ""  # the address no longer names it
     assert sessions_of(f"browser:{browser}") == []
     assert messages_of(session.id) == []
     _, listing, _ = connect(chat_app).predict(browser, api_name="/conversations")
     assert listing["choices"] == []
+
+
+async def test_rename_checks_the_owner_and_wins_over_a_queued_title(
+    firestore: FirestoreEmulator,
+) -> None:
+    history = ChatHistory(firestore.project, DATABASE)
+    history.append("s-alice", "user:alice", StoredMessage(0, "user", "first words"))
+    # Still queued: the first message would write its own title; the new name wins.
+    assert await history.rename("user:alice", "s-alice", "  Travel   plans ")
+    assert not await history.rename("user:bob", "s-alice", "mine now")
+    assert await history.flush(20)
+    assert not await history.rename("user:bob", "s-alice", "mine now")
+    assert [s.title for s in await history.list_sessions("user:alice")] == ["Travel plans"]
+    assert await history.rename("user:alice", "s-alice", "Trip to Oslo")
+    assert [s.title for s in await history.list_sessions("user:alice")] == ["Trip to Oslo"]
+    assert not await history.rename("user:alice", "no-such-session", "x")
+    await history.close()
 
 
 async def test_delete_checks_the_owner(firestore: FirestoreEmulator) -> None:
