@@ -18,6 +18,7 @@ import pytest
 from google.cloud import firestore
 from gradio_client import Client
 
+from app.chat.ui import DETAILS_START
 from devtools import demo_model
 from devtools.ports import free_port
 from devtools.processes import ChildProcess, process_tree
@@ -147,7 +148,8 @@ def test_make_demo_answers_stores_and_stops_clean(
         chat = result[0] if isinstance(result, tuple) else result
         assert chat[0]["content"][0]["text"] == message
         assert chat[-1]["role"] == "assistant"
-        reply = chat[-1]["content"][0]["text"]
+        # The reply, without the details line the page shows under it.
+        reply = chat[-1]["content"][0]["text"].split(DETAILS_START)[0]
         assert reply.strip() == answer, chat
         assert "\ufffd" not in reply
 
