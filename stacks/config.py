@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -539,6 +540,22 @@ def _typed(
     return value
 
 
+def _list_entry(
+    problems: list[str], key: str, index: int, raw: Any, *, known: AbstractSet[str], needs: str
+) -> tuple[str, str] | None:
+    """Check one object of the list config ``key``: where to name it in messages (by its
+    name once it has one) and its name; None, with the problem noted, if it is no object."""
+    where = f"{key}[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object with {needs}.")
+        return None
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        problems.append(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}.")
+    name = str(raw.get("name", ""))
+    return (f"{key}[{name}]" if name else where), name
+
+
 def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     problems: list[str],
     index: int,
@@ -548,16 +565,17 @@ def _parse_service(  # noqa: PLR0912, PLR0915 - one flat checklist reads best
     *,
     job_outputs: Mapping[str, str] | None = None,
 ) -> CloudRunServiceConfig | None:
-    where = f"cloudRunServices[{index}]"
-    if not isinstance(raw, dict):
-        problems.append(f"{where} must be an object with at least `name` and `flavour`.")
+    entry = _list_entry(
+        problems,
+        "cloudRunServices",
+        index,
+        raw,
+        known=_SERVICE_KEYS,
+        needs="at least `name` and `flavour`",
+    )
+    if entry is None:
         return None
-    unknown = sorted(set(raw) - _SERVICE_KEYS)
-    if unknown:
-        problems.append(f"{where} has unknown keys {unknown}; known keys: {sorted(_SERVICE_KEYS)}.")
-    name = str(raw.get("name", ""))
-    if name:
-        where = f"cloudRunServices[{name}]"
+    where, name = entry
     if not SERVICE_NAME.match(name):
         problems.append(
             f"{where}.name={name!r} must be a Cloud Run service name: lowercase letters, "
@@ -752,17 +770,17 @@ def _flag(key: str) -> str:
 def _parse_fine_tune_job(  # noqa: PLR0912 - one flat checklist reads best
     problems: list[str], index: int, raw: Any
 ) -> FineTuneJobConfig | None:
-    where = f"fineTuneJobs[{index}]"
-    if not isinstance(raw, dict):
-        problems.append(f"{where} must be an object with name, dataset, baseModel and output.")
+    entry = _list_entry(
+        problems,
+        "fineTuneJobs",
+        index,
+        raw,
+        known=_FINE_TUNE_KEYS,
+        needs="name, dataset, baseModel and output",
+    )
+    if entry is None:
         return None
-    unknown = sorted(set(raw) - _FINE_TUNE_KEYS)
-    if unknown:
-        problems.append(
-            f"{where} has unknown keys {unknown}; known keys: {sorted(_FINE_TUNE_KEYS)}."
-        )
-    name = str(raw.get("name", ""))
-    where = f"fineTuneJobs[{name}]" if name else where
+    where, name = entry
     if not JOB_NAME.match(name):
         problems.append(
             f"{where}.name={name!r} must be lowercase letters, digits and hyphens, starting "
