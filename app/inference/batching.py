@@ -1,9 +1,12 @@
 """Continuous batching: one thread runs the model for every request at once.
 
-Requests join between steps (their prompts are prefilled together, left-padded) and leave
-between steps (finished, stopped or cancelled). Every decode step runs one forward pass over
-all running requests. The KV cache keeps one row per running request, each at its own
-length, so nothing is re-padded when requests join or leave.
+Requests join between steps and leave between steps (finished, stopped or cancelled).
+Joining prompts are prefilled together in one forward pass, packed end to end in one
+sequence with a block-diagonal causal mask, so no compute goes to padding; arrivals waiting
+after a prefill are prefilled next, before the running requests' next decode step, so a
+burst gets its first tokens as soon as its prompts are read. Every decode step runs one
+forward pass over all running requests. The KV cache keeps one row per running request,
+each at its own length, so nothing is re-padded when requests join or leave.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from app.inference.engine import TokenLogprob, TopLogprob
 from app.inference.sampler import TokenChooser, choose_tokens, finite_logits
 
 logger = logging.getLogger(__name__)
 
-# Prompts prefilled together in one forward pass hold at most this many (padded) tokens, so
-# a burst of long prompts cannot take the memory of one huge attention matrix. A prompt
-# longer than this is prefilled alone.
+# Prompts prefilled together in one forward pass hold at most this many tokens, so a burst
+# of long prompts cannot take the memory of one huge attention mask; a prompt longer than
+# this is prefilled alone. It also bounds how long the running requests wait for arrivals'
+# prefills between two decode steps.
 PREFILL_TOKEN_BUDGET = 4096
 # How long an idle engine gathers arriving requests before their prefill (a prefill of the
 # 270M shape on CPU takes about 170 ms).
@@ -34,12 +41,56 @@ JOIN_WINDOW_S = 0.02
 LENGTH_STEP = 256
 
 
+# The attention implementation the engine loads models with for SDPA (see ``packed_sdpa``).
+PACKED_SDPA = "gemma_stack_packed_sdpa"
+
+
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    packed_lengths: list[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except that in a packed prefill (``packed_lengths``) it
+    attends within each prompt's own diagonal block of the sequence, the only unmasked part:
+    the work is the sum of the prompts' squared lengths instead of the square of their sum
+    (at 16 short prompts, about a sixth of a prefill's time)."""
+    if packed_lengths is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    parts = []
+    start = 0
+    for size in packed_lengths:
+        end = start + size
+        block = None if attention_mask is None else attention_mask[..., start:end, start:end]
+        part, _ = sdpa_attention_forward(
+            module,
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            block,
+            **kwargs,
+        )
+        parts.append(part)  # (batch, positions, heads, head size)
+        start = end
+    return torch.cat(parts, dim=1), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+# Where transformers builds the masks itself (a plain forward pass), they are SDPA's.
+AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+
+
 class SlotCache:
     """Keys and values of the running requests: row ``i`` is request ``i``, at its own length.
 
     transformers' attention layers call ``update`` once per layer in each forward pass; what
     they get back, and the masks ``decode_masks``/``prefill_masks`` build, depend on whether
-    the pass is a prefill (new rows, left-padded prompts) or a decode step (one token a row).
+    the pass is a prefill (new rows, their prompts packed in one sequence) or a decode step
+    (one token a row).
     Sliding-window layers keep every position too; their mask and key range end at the window.
     """
 
@@ -61,7 +112,8 @@ class SlotCache:
         self.rows = 0  # capacity
         self.length = 0  # capacity
         # The pass in progress: decode (rows 0..n, write at ``positions``, read ``spans``) or
-        # prefill (rows ``first``.., each prompt written from 0, returned as computed).
+        # prefill (rows ``first``.., each prompt's part of the packed sequence written from
+        # position 0, returned as computed).
         self._positions: torch.Tensor | None = None
         self._slots = torch.zeros(0, dtype=torch.long)  # flat (row, head, position) indices
         self._spans: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
@@ -105,11 +157,12 @@ class SlotCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self._positions is None:  # prefill: store each prompt's part, attend to this pass
-            width = key_states.shape[2]
+            start = 0
             for offset, size in enumerate(self._prompt_lengths):
                 row = self._first + offset
-                keys[row, :, :size] = key_states[offset, :, width - size :]
-                values[row, :, :size] = value_states[offset, :, width - size :]
+                keys[row, :, :size] = key_states[0, :, start : start + size]
+                values[row, :, :size] = value_states[0, :, start : start + size]
+                start += size
             return key_states, value_states
         batch = key_states.shape[0]
         # One (row, head, position) vector each; index_copy_ on the flat view is much faster
@@ -156,24 +209,22 @@ class SlotCache:
         }
 
     def prefill_masks(self, first: int, lengths: list[int]) -> dict[str, torch.Tensor]:
-        """Masks for prompts of ``lengths``, left-padded to the longest, stored from row
-        ``first`` on."""
+        """Masks for prompts of ``lengths`` packed end to end in one sequence (each sees only
+        itself, causally), stored from row ``first`` on."""
         self._positions = None
         self._first = first
         self._prompt_lengths = lengths
-        width = max(lengths)
-        starts = torch.tensor([width - n for n in lengths], device=self.device)
-        query = torch.arange(width, device=self.device)[None, :, None]
-        key = torch.arange(width, device=self.device)[None, None, :]
-        causal = (key <= query) & (key >= starts[:, None, None])
-        # Padding queries see themselves, so no row of the mask is empty (that gives NaN).
-        causal = causal | (key == query)
+        sizes = torch.tensor(lengths, device=self.device)
+        prompt = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), sizes)
+        index = torch.arange(len(prompt), device=self.device)
+        query, key = index[:, None], index[None, :]
+        causal = (prompt[:, None] == prompt[None, :]) & (key <= query)
         sliding = causal
         if self.window is not None:
             sliding = causal & (key > query - self.window)
         return {
-            "full_attention": self._as_mask(causal[:, None]),
-            "sliding_attention": self._as_mask(sliding[:, None]),
+            "full_attention": self._as_mask(causal[None, None]),
+            "sliding_attention": self._as_mask(sliding[None, None]),
         }
 
 
@@ -212,6 +263,7 @@ class Scheduler:
         self.cache = SlotCache(model.config, device, dtype, eager=eager)
         self._waiting: deque[BatchRequest] = deque()
         self._running: list[BatchRequest] = []
+        self._prefilled_since_decode = 0  # prompt tokens prefilled since the last decode step
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
@@ -254,7 +306,9 @@ class Scheduler:
                 try:
                     if joining:
                         self._prefill(joining)
-                    self._leave_finished()
+                        self._leave_finished()
+                        if self._prefill_next():
+                            continue
                     if self._running:
                         self._decode()
                         self._leave_finished()
@@ -269,64 +323,76 @@ class Scheduler:
 
     def _take_joining(self) -> list[BatchRequest]:
         joining: list[BatchRequest] = []
-        width = 0
+        tokens = 0
         while self._waiting:
             request = self._waiting[0]
             if request.cancel is not None and request.cancel.is_set():
                 self._waiting.popleft()
                 request.done.set()
                 continue
-            wider = max(width, len(request.prompt_ids))
-            if joining and wider * (len(joining) + 1) > PREFILL_TOKEN_BUDGET:
+            tokens += len(request.prompt_ids)
+            if joining and tokens > PREFILL_TOKEN_BUDGET:
                 break
             joining.append(self._waiting.popleft())
-            width = wider
         return joining
+
+    def _prefill_next(self) -> bool:
+        """Whether the next pass is another prefill, for requests that arrived during this
+        one: their first tokens come sooner, and the running requests wait at most one
+        budget of prompt tokens for their next one."""
+        with self._wake:
+            return bool(self._waiting) and self._prefilled_since_decode < PREFILL_TOKEN_BUDGET
 
     def _prefill(self, joining: list[BatchRequest]) -> None:
         first = len(self._running)
         lengths = [len(r.prompt_ids) for r in joining]
-        width = max(lengths)
-        self.cache.reserve(first + len(joining), width + 1)
-        # Left-padded, so every prompt's last token is in the last column; a padded column's
-        # position is 0 and its mask hides it from the prompt.
-        ids = torch.tensor(
-            [[0] * (width - len(r.prompt_ids)) + r.prompt_ids for r in joining],
-            device=self.device,
-        )
-        columns = torch.arange(width, device=self.device)[None, :]
-        starts = torch.tensor([width - n for n in lengths], device=self.device)[:, None]
-        positions = (columns - starts).clamp(min=0)
-        logits = self._forward(ids, positions, self.cache.prefill_masks(first, lengths))
+        self._prefilled_since_decode += sum(lengths)
+        self.cache.reserve(first + len(joining), max(lengths) + 1)
+        # One sequence of every prompt end to end; positions restart at each prompt, and the
+        # mask keeps each prompt to itself.
+        ids = torch.tensor([[t for r in joining for t in r.prompt_ids]], device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])[None, :]
+        last = torch.tensor(lengths, device=self.device).cumsum(0) - 1
+        masks = self.cache.prefill_masks(first, lengths)
+        logits = self._forward(ids, positions, masks, last, packed_lengths=lengths)
         for request, size in zip(joining, lengths, strict=True):
             request.position = size
         self._running.extend(joining)
         self._advance(joining, logits)
 
     def _decode(self) -> None:
+        self._prefilled_since_decode = 0
         running = self._running
         top = max(r.position for r in running)
         self.cache.reserve(len(running), top + 1)
         positions = torch.tensor([r.position for r in running], device=self.device)
         masks = self.cache.decode_masks(positions, top)
         ids = torch.tensor([[r.last_token] for r in running], device=self.device)
-        logits = self._forward(ids, positions[:, None], masks)
+        logits = self._forward(ids, positions[:, None], masks, 1)
         for request in running:
             request.position += 1
         self._advance(running, logits)
 
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, masks: dict[str, torch.Tensor]
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        masks: dict[str, torch.Tensor],
+        keep: int | torch.Tensor,
+        **attention: Any,
     ) -> torch.Tensor:
+        """Logits (a row per request) at the ``keep`` positions: the last of each row (1) or
+        the given columns of a packed sequence. ``attention`` goes to the attention layers."""
         output = self.model(
             input_ids=ids,
             position_ids=positions,
             attention_mask=masks,
             cache=self.cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
+            **attention,
         )
-        return finite_logits(output.logits[:, -1, :])
+        return finite_logits(output.logits.reshape(-1, output.logits.shape[-1]))
 
     def _advance(self, requests: list[BatchRequest], logits: torch.Tensor) -> None:
         """Choose each request's next token and hand it over."""

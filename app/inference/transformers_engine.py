@@ -15,7 +15,8 @@ import jinja2
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.inference.batching import BatchRequest, Scheduler
+from app.inference.batching import PACKED_SDPA, BatchRequest, Scheduler
+from app.inference.cpu_linear import pack_linear_layers
 from app.inference.engine import Completion, Engine, PromptError, SamplingParams, TokenLogprob
 from app.inference.sampler import TokenChooser
 
@@ -174,11 +175,14 @@ class TransformersEngine(Engine):
             # SDPA too.
             attention = "sdpa"
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=self.dtype, attn_implementation=attention
+            model_dir,
+            dtype=self.dtype,
+            attn_implementation=PACKED_SDPA if attention == "sdpa" else attention,
         )
         # As a Module: PreTrainedModel.to's functools.wraps hides its signature from mypy.
         module: torch.nn.Module = self.model
         module.to(self.device).eval()
+        packed = pack_linear_layers(module)
         config = self.model.config
         text_config = getattr(config, "text_config", None) or config
         limit = int(getattr(text_config, "max_position_embeddings", 0) or 8192)
@@ -200,10 +204,13 @@ class TransformersEngine(Engine):
         if not getattr(self.tokenizer, "chat_template", None):
             logger.warning("the tokenizer has no chat template; chat requests will be rejected")
         logger.info(
-            "model: loaded %s on %s (%s) in %.1f s; context %d tokens; stop ids %s",
+            "model: loaded %s on %s (%s, %s attention, %d linear layers packed for oneDNN) "
+            "in %.1f s; context %d tokens; stop ids %s",
             model_name,
             self.device,
             str(self.dtype).removeprefix("torch."),
+            attention,
+            packed,
             time.monotonic() - started,
             self.max_model_len,
             sorted(self.stop_ids),

@@ -84,6 +84,17 @@ def test_concurrent_seeded_requests_each_reproduce_their_solo_output(
     assert engine.generate(jobs[0][0], SamplingParams(max_tokens=40, seed=99)).text != solo[0]
 
 
+def test_prompts_prefilled_together_each_see_only_themselves(engine: TransformersEngine) -> None:
+    # Packed into one sequence: prompts longer than the sliding window (128 tokens), next to
+    # a short one, each give what a full forward pass over that prompt alone gives.
+    prompts = [_ids(engine, PROMPTS[0] * 40), _ids(engine, "Hi"), _ids(engine, PROMPTS[2] * 30)]
+    assert min(len(prompts[0]), len(prompts[2])) > 128
+    steps = 6
+    jobs = [(ids, SamplingParams(max_tokens=steps, temperature=0, logprobs=0)) for ids in prompts]
+    for (ids, _), completion in zip(jobs, _run_together(engine, jobs), strict=True):
+        assert _tokens(completion) == _reference(engine, ids, steps, _penalized())
+
+
 def test_requests_join_and_leave_a_running_batch(engine: TransformersEngine) -> None:
     long_ids = _ids(engine, PROMPTS[0])
     cancel = threading.Event()
