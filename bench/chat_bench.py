@@ -1,16 +1,17 @@
 """Time to first token, full-reply time and CPU cost of the chat app against a direct call.
 
 Starts the Firestore emulator, the inference app with a tiny Gemma 3 and the chat app (unless
-URLs are given), then runs 1, 10 and 50 concurrent sessions: each session sends one message
-through the chat app's Gradio queue, and, separately, the same request straight to the
-backend's OpenAI API. Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50
+URLs are given), then runs 1, 10 and 50 concurrent sessions: each session opens the page's
+conversation list (as a browser does on load, before the clock starts) and sends one message
+through the chat app's Gradio queue, and, separately, the same request goes straight to the
+backend's OpenAI API. The local model's reply is always --max-tokens tokens long. Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50
 full-reply time of both and how much later the chat app's reply is complete, tokens/s over
 the whole reply (the same token count for both: the reply is deterministic), the chat app's
 CPU time per streamed token and per message (local stack only: it reads the app's /proc
 entry; run two --max-tokens values to split per-message from per-token cost), and whether
 every reply reached Firestore (the app's /healthz shows no write pending or failed).
 
-    python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 64]
+    python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 200]
         [--chat-url URL --backend-url URL/v1 --model NAME --backend-label LABEL]
 """
 
@@ -122,6 +123,10 @@ class ChatAppSession:
                     if final is not None and outputs is None:
                         yield "completed", final
                     return
+
+    async def open(self) -> None:
+        """Load the page's conversation list, as a browser does before anyone types."""
+        await self.call("conversations", self.browser_id)
 
     async def send(
         self, message: str, backend_label: str, max_tokens: int = 64, system_prompt: str = ""
@@ -320,9 +325,9 @@ async def measure(
         message = "What is Gemma, and where does this stack run it?"
         # Warm both paths once so imports and first-connection costs are not measured.
         await direct_stream(direct_http, backend_url, model, message, max_tokens)
-        await ChatAppSession(chat_http, config, "bench-warmup").send(
-            message, backend_label, max_tokens
-        )
+        warm_up = ChatAppSession(chat_http, config, "bench-warmup")
+        await warm_up.open()
+        await warm_up.send(message, backend_label, max_tokens)
         for level in levels:
             direct: list[StreamTiming] = []
             chat: list[StreamTiming] = []
@@ -343,6 +348,8 @@ async def measure(
                 sessions = [
                     ChatAppSession(chat_http, config, f"bench-{level}-{i}") for i in range(level)
                 ]
+                # Opened first, like pages: what is measured is sending a message.
+                await asyncio.gather(*(s.open() for s in sessions))
                 cpu_before = cpu_seconds(chat_pid) if chat_pid else 0.0
                 results = await asyncio.gather(
                     *(s.send(message, backend_label, max_tokens) for s in sessions),
@@ -374,7 +381,8 @@ def local_stack(
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-")))
         emulator = stack.enter_context(FirestoreEmulator())
-        model_dir = build_tiny_gemma3(work / "tiny", reply=BENCH_REPLY)
+        # Says BENCH_REPLY over and over: every reply is exactly --max-tokens long.
+        model_dir = build_tiny_gemma3(work / "tiny", reply=BENCH_REPLY, endless_reply=True)
         inference_port, chat_port = free_port(), free_port()
         inference_url = f"http://127.0.0.1:{inference_port}"
         env = {"PYTHONPATH": str(ROOT), "HOST": "127.0.0.1"}
@@ -435,7 +443,12 @@ def local_stack(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,10,50", help="concurrency levels, comma-separated")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=200,
+        help="tokens in every reply (the local model repeats its reply until this many)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="repeats per level")
     parser.add_argument("--inference-concurrency", type=int, default=16)
     parser.add_argument(

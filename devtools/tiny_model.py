@@ -195,9 +195,14 @@ def _save_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> PreTrainedTokenizerF
 
 
 def _script_reply(
-    model: Gemma3ForCausalLM, fast: PreTrainedTokenizerFast, reply: str, scale: float = 6.0
+    model: Gemma3ForCausalLM,
+    fast: PreTrainedTokenizerFast,
+    reply: str,
+    scale: float = 6.0,
+    endless: bool = False,
 ) -> None:
-    """Turn the model into a next-token chain that says ``reply`` and then runs past its turn."""
+    """Turn the model into a next-token chain that says ``reply`` and then runs past its turn
+    (``endless``: says ``reply`` over and over, so a reply is always max_tokens long)."""
     prompt = fast.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
@@ -207,9 +212,12 @@ def _script_reply(
     if len(set(reply_ids)) != len(reply_ids) or start in reply_ids:
         raise ValueError(f"reply {reply!r} must not repeat a token; pick other words")
     chain = [start, *reply_ids, END_OF_TURN_ID, START_OF_TURN_ID]
-    if not set(user_ids) & set(chain):
+    if endless:
+        chain = [start, *reply_ids, reply_ids[0]]
+    elif not set(user_ids) & set(chain):
         chain += user_ids
-    chain.append(start)
+    if not endless:
+        chain.append(start)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -227,11 +235,13 @@ def build_tiny_gemma3(
     shape: str = "tiny",
     reply: str | None = None,
     corpus: Sequence[str] | None = None,
+    endless_reply: bool = False,
 ) -> Path:
     """Write a random-weight Gemma 3 merged-model folder to ``out_dir`` and return it.
 
     Deterministic: the same arguments give the same files. ``reply`` scripts the model's
-    answer to any single-turn chat (see the module docstring). ``corpus`` trains the tokenizer
+    answer to any single-turn chat (see the module docstring); with ``endless_reply`` it
+    repeats the answer until max_tokens instead of ending its turn. ``corpus`` trains the tokenizer
     on that text instead of the built-in sentences (a base model to fine-tune on it).
     """
     if shape not in SHAPES:
@@ -266,7 +276,7 @@ def build_tiny_gemma3(
             # fine-tune keeps them as initialised: it must learn to end its turn.
             model.model.embed_tokens.weight[: len(SPECIAL_TOKENS)] *= 0.01
     if reply is not None:
-        _script_reply(model, fast, reply)
+        _script_reply(model, fast, reply, endless=endless_reply)
     if shape == "270m":
         model.bfloat16()  # in place, like every nn.Module dtype cast
     model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
+import orjson
 
 from app.chat.id_tokens import IdTokenSource, audience_for
 from app.chat.settings import BackendConfig
@@ -119,12 +120,25 @@ def _api_key(config: BackendConfig) -> str:
     return key
 
 
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it was raised from or while handling, to the original failure."""
+    chain: list[BaseException] = []
+    pending: list[BaseException | None] = [err]
+    while pending and len(chain) < 20:
+        e = pending.pop()
+        if e is not None and e not in chain:
+            chain.append(e)
+            pending += [e.__cause__, e.__context__]
+    return chain
+
+
 def _timed_out(err: BaseException) -> bool:
-    chain = [err, err.__cause__, err.__context__]
-    return any(
-        e is not None and ("Timeout" in type(e).__name__ or "timed out" in str(e).lower())
-        for e in chain
-    )
+    chain = _causes(err)
+    # A refused or unresolvable connection is not a timeout, whatever the layers above call
+    # it (the aiohttp transport reports every failed connect as a connect timeout).
+    if any(isinstance(e, OSError) and not isinstance(e, TimeoutError) for e in chain):
+        return False
+    return any("Timeout" in type(e).__name__ or "timed out" in str(e).lower() for e in chain)
 
 
 def _transport_message(config: BackendConfig, err: BaseException) -> str:
@@ -137,10 +151,19 @@ def _transport_message(config: BackendConfig, err: BaseException) -> str:
 
 
 class OpenAIBackend:
-    """vLLM, Ollama or our inference app through the official `openai` client."""
+    """vLLM, Ollama or our inference app through the official `openai` client.
+
+    The client sends over aiohttp (its C HTTP parser) and the stream's events are read as
+    JSON, not built into the SDK's typed chunks: receiving a token then costs the app about
+    0.14 ms of CPU instead of 0.43 ms (httpx and typed chunks), measured against our
+    inference app; a reply streams one event per token, so this is most of the app's
+    per-token cost. The SDK still builds the request and turns HTTP errors into its
+    exceptions.
+    """
 
     def __init__(self, config: BackendConfig) -> None:
-        from openai import AsyncOpenAI  # noqa: PLC0415 - keeps import cost with the backend kind
+        # Imported here: keeps their import cost with the backend kind.
+        from openai import AsyncOpenAI, DefaultAioHttpClient  # noqa: PLC0415
 
         assert config.base_url is not None  # noqa: S101 - checked by BackendConfig
         self.config = config
@@ -155,6 +178,7 @@ class OpenAIBackend:
             api_key="unused",
             timeout=config.timeout_s,
             max_retries=0,
+            http_client=DefaultAioHttpClient(timeout=config.timeout_s),
         )
 
     def _messages(
@@ -183,7 +207,7 @@ class OpenAIBackend:
             api_key = _api_key(self.config)
             if api_key:
                 headers["Authorization"] = f"Bearer {api_key}"
-            stream = await self._client.chat.completions.create(
+            async with self._client.chat.completions.with_streaming_response.create(
                 model=self.config.model,
                 messages=self._messages(turns, system_prompt),
                 temperature=sampling.temperature,
@@ -191,14 +215,12 @@ class OpenAIBackend:
                 max_tokens=sampling.max_tokens,
                 stream=True,
                 extra_headers=headers,
-            )
-            async for chunk in stream:
-                if not chunk.choices:
-                    continue
-                text = chunk.choices[0].delta.content
-                if text:
-                    started = True
-                    yield text
+            ) as response:
+                async for line in response.iter_lines():
+                    text = self._event_text(line, started)
+                    if text:
+                        started = True
+                        yield text
         except openai.APIStatusError as err:
             raise BackendError(
                 _status_message(self.config, err.status_code, str(err.message)),
@@ -213,6 +235,33 @@ class OpenAIBackend:
             raise BackendError(
                 f"{self.config.label} failed: {type(err).__name__}: {err}", partial=started
             ) from err
+
+    def _event_text(self, line: str, started: bool) -> str:
+        """The text of one line of the server-sent event stream ("" for anything else); an
+        in-band error event (sent after the 200) is a BackendError."""
+        if not line.startswith("data:"):
+            return ""
+        data = line[5:].strip()
+        if not data.startswith("{"):
+            return ""  # "[DONE]"
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise BackendError(
+                f"{self.config.label} sent a stream event that is not JSON: {data[:200]}",
+                partial=started,
+            ) from err
+        if not isinstance(event, dict):
+            return ""
+        if (error := event.get("error")) is not None:
+            detail = error.get("message") if isinstance(error, dict) else error
+            raise BackendError(f"{self.config.label} failed mid-reply: {detail}", partial=started)
+        choices = event.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        delta = choices[0].get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) else ""
 
     def _broken(self, err: BaseException, started: bool) -> str:
         if started:

@@ -6,7 +6,9 @@ behaviour: `drop` streams a few words then cuts the connection, `busy` answers 4
 answers 503 (a Gemma pod still waiting for a GPU), `hang` never answers, `echo` streams back what
 it received (Authorization header, roles, system prompt) as one JSON text, `long` streams
 LONG_TOKENS numbered words slowly (a reply long enough to stop mid-way), `paced` streams
-PACED_WORDS at a steady pace (streaming that shows on screen however busy the machine is).
+PACED_WORDS at a steady pace (streaming that shows on screen however busy the machine is),
+`fails` streams a few words and then an in-band error event, as a server whose generation
+fails after its 200 does (OpenAI shape).
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ class MisbehavingBackend:
         for word in words:
             await self._send_event(writer, word, gemini)
             await asyncio.sleep(LONG_WORD_S if model == "long" else 0.03)
-        if model in ("echo", "long", "paced"):
+        if model == "fails":
+            error = {"error": {"message": "Generation failed: RuntimeError: device lost"}}
+            await self._send_chunk(writer, f"data: {json.dumps(error)}\n\n".encode())
+        if model in ("echo", "long", "paced", "fails"):
             if not gemini:
                 await self._send_chunk(writer, b"data: [DONE]\n\n")
             await self._send_chunk(writer, b"")

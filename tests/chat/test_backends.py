@@ -131,6 +131,22 @@ async def test_failures_become_one_clear_message(
     assert "".join(received) == ("Partial reply before the cut" if partial else "")
 
 
+async def test_an_error_event_after_the_200_ends_the_reply_with_its_message(stack: Stack) -> None:
+    backend = make_backend(config("openai", "fails", stack.misbehaving.base_url + "/v1"))
+    received: list[str] = []
+
+    async def drain() -> None:
+        async for piece in backend.stream([Turn("user", "hi")], "", SAMPLING):
+            received.append(piece)
+
+    with pytest.raises(BackendError) as failure:
+        await drain()
+    await backend.aclose()
+    assert "failed mid-reply: Generation failed: RuntimeError: device lost" in failure.value.message
+    assert failure.value.partial
+    assert "".join(received) == "Partial reply before the cut"
+
+
 @pytest.mark.parametrize(("kind", "suffix"), [("openai", "/v1"), ("gemini", "")])
 async def test_a_backend_that_is_down_is_explained(kind: str, suffix: str) -> None:
     url = f"http://127.0.0.1:{free_port()}{suffix}"
