@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import gradio.routes
+import pytest
 
 from app.chat.backends import make_backend
 from app.chat.history import ChatHistory
 from app.chat.identity import OwnerResolver
+from app.chat.server import PROGRESS_POLL_S, QUEUE_POLL_S, create_app
 from app.chat.settings import ChatSettings
 from app.chat.ui import ChatUI, to_turns, without_details
 from tests.chat.stack import DATABASE, REPLY
+
+UNUSED_URL = "http://127.0.0.1:9/v1"  # never called
 
 
 def text_of(chat: list[dict[str, Any]]) -> str:
@@ -181,3 +186,25 @@ async def test_an_edited_question_is_a_new_turn_and_the_original_stays_saved(
     ]
     await history.close()
     await backends["gemma"].aclose()
+
+
+def test_gradios_queue_polls_calmly_and_summarizes_its_analytics_rarely(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Gradio's default rebuilds a pandas DataFrame of its last 10,000 events after every
+    # event (4-12 ms of CPU per message). Unset, as on a fresh server:
+    for name in ("GRADIO_ANALYTICS_CACHE_FREQUENCY", "GRADIO_ANALYTICS_MAX_EVENTS"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+    backend = {"id": "g", "label": "G", "kind": "openai", "model": "m", "base_url": UNUSED_URL}
+    settings = ChatSettings(chat_backends=[backend], auth_mode="none")  # type: ignore[list-item]
+    app = create_app(settings, ChatHistory("demo-analytics", DATABASE))
+    mounted = [getattr(route, "app", None) for route in app.routes]
+    (blocks,) = [a.get_blocks() for a in mounted if isinstance(a, gradio.routes.App)]
+    assert blocks._queue.ANAYLTICS_CACHE_FREQUENCY >= 1000
+    assert blocks._queue.ANALYTICS_MAX_EVENTS <= 1000
+    # Gradio's own queue polls every millisecond (26 ms of CPU a second when idle).
+    default = gr.Blocks()._queue
+    assert (default.sleep_when_free, default.progress_update_sleep_when_free) == (0.001, 0.01)
+    assert blocks._queue.sleep_when_free == QUEUE_POLL_S >= 0.005
+    assert blocks._queue.progress_update_sleep_when_free == PROGRESS_POLL_S
