@@ -34,6 +34,21 @@ async def collect(cfg: BackendConfig, turns: list[Turn], system: str = "") -> li
         await backend.aclose()
 
 
+async def stream_until_failure(cfg: BackendConfig) -> tuple[BackendError, str]:
+    """The error a backend's reply ends with, and the text it streamed before it."""
+    backend = make_backend(cfg)
+    received: list[str] = []
+
+    async def drain() -> None:
+        async for piece in backend.stream([Turn("user", "hi")], "", SAMPLING):
+            received.append(piece)
+
+    with pytest.raises(BackendError) as failure:
+        await drain()
+    await backend.aclose()
+    return failure.value, "".join(received)
+
+
 @pytest.fixture(scope="module")
 def google_endpoints() -> Iterator[GoogleEndpoints]:
     endpoints = GoogleEndpoints().start()
@@ -115,36 +130,19 @@ async def test_failures_become_one_clear_message(
     *, stack: Stack, kind: str, model: str, expected: str, partial: bool
 ) -> None:
     base = stack.misbehaving.base_url + ("/v1" if kind == "openai" else "")
-    backend = make_backend(config(kind, model, base, timeout_s=1))
-    received: list[str] = []
-
-    async def drain() -> None:
-        async for piece in backend.stream([Turn("user", "hi")], "", SAMPLING):
-            received.append(piece)
-
-    with pytest.raises(BackendError) as failure:
-        await drain()
-    await backend.aclose()
-    assert expected in failure.value.message
-    assert failure.value.partial is partial
-    assert failure.value.transient
-    assert "".join(received) == ("Partial reply before the cut" if partial else "")
+    failure, received = await stream_until_failure(config(kind, model, base, timeout_s=1))
+    assert expected in failure.message
+    assert failure.partial is partial
+    assert failure.transient
+    assert received == ("Partial reply before the cut" if partial else "")
 
 
 async def test_an_error_event_after_the_200_ends_the_reply_with_its_message(stack: Stack) -> None:
-    backend = make_backend(config("openai", "fails", stack.misbehaving.base_url + "/v1"))
-    received: list[str] = []
-
-    async def drain() -> None:
-        async for piece in backend.stream([Turn("user", "hi")], "", SAMPLING):
-            received.append(piece)
-
-    with pytest.raises(BackendError) as failure:
-        await drain()
-    await backend.aclose()
-    assert "failed mid-reply: Generation failed: RuntimeError: device lost" in failure.value.message
-    assert failure.value.partial
-    assert "".join(received) == "Partial reply before the cut"
+    base = stack.misbehaving.base_url + "/v1"
+    failure, received = await stream_until_failure(config("openai", "fails", base))
+    assert "failed mid-reply: Generation failed: RuntimeError: device lost" in failure.message
+    assert failure.partial
+    assert received == "Partial reply before the cut"
 
 
 @pytest.mark.parametrize(("kind", "suffix"), [("openai", "/v1"), ("gemini", "")])
