@@ -4,12 +4,14 @@ Starts the Firestore emulator, the inference app with a tiny Gemma 3 and the cha
 URLs are given), then runs 1, 10 and 50 concurrent sessions: each session opens the page's
 conversation list (as a browser does on load, before the clock starts) and sends one message
 through the chat app's Gradio queue, and, separately, the same request goes straight to the
-backend's OpenAI API. The local model's reply is always --max-tokens tokens long. Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50
-full-reply time of both and how much later the chat app's reply is complete, tokens/s over
-the whole reply (the same token count for both: the reply is deterministic), the chat app's
-CPU time per streamed token and per message (local stack only: it reads the app's /proc
-entry; run two --max-tokens values to split per-message from per-token cost), and whether
-every reply reached Firestore (the app's /healthz shows no write pending or failed).
+backend's OpenAI API. The local model's reply is always --max-tokens tokens long.
+
+Prints p50/p95 time to first token (TTFT) and the added TTFT, the p50 full-reply time of
+both and how much later the chat app's reply is complete, tokens/s over the whole reply (the
+same token count for both: the reply is deterministic), the chat app's CPU time per
+streamed token and per message (local stack only: it reads the app's /proc entry; run two
+--max-tokens values to split per-message from per-token cost), and whether every reply
+reached Firestore (the app's /healthz shows no write pending or failed).
 
     python -m bench.chat_bench [--sessions 1,10,50] [--max-tokens 200]
         [--chat-url URL --backend-url URL/v1 --model NAME --backend-label LABEL]
