@@ -394,6 +394,8 @@ def local_stack(
             "PORT": str(inference_port),
             "MAX_CONCURRENCY": str(inference_concurrency),
             "MAX_QUEUE": "512",
+            # Pinned to one core, one torch thread: two would fight over it.
+            **({"OMP_NUM_THREADS": "1"} if pin else {}),
         }
         inference = start_server(
             "inference app",
@@ -403,6 +405,9 @@ def local_stack(
             log_path=work / "inference.log",
         )
         stack.enter_context(inference)
+        if pin:
+            # At once, before the server starts the threads that inherit its affinity.
+            os.sched_setaffinity(inference.pid, {0})
         backends = [
             {
                 "id": "gemma",
@@ -429,7 +434,6 @@ def local_stack(
         )
         stack.enter_context(chat)
         if pin:
-            # Before the server starts its worker threads, which inherit the affinity.
             os.sched_setaffinity(chat.pid, {1})
         inference.wait_ready()
         chat.wait_ready()
