@@ -128,16 +128,23 @@ def _json_lines(server: ServerProcess) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def _posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("httpRequest", {}).get("requestMethod") == "POST"]
+
+
 def test_logs_are_cloud_logging_json_with_trace_and_http_request(
     server: ServerProcess, traffic: dict[str, Any]
 ) -> None:
     assert traffic["finish"] in {"stop", "length"}
+    # A streamed request's line is written once its last byte is sent, which can be a moment
+    # after the client has read that byte.
+    server.wait_until(lambda: len(_posts(_json_lines(server))) >= 2, deadline_s=30)
     records = _json_lines(server)
     assert records, server.output()
     assert all({"severity", "message", "time"} <= set(r) for r in records)
     assert {r["severity"] for r in records} <= {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
     assert any(r["message"] == f"ready: serving {MODEL}" for r in records)
-    posts = [r for r in records if r.get("httpRequest", {}).get("requestMethod") == "POST"]
+    posts = _posts(records)
     assert len(posts) == 2
     traced = [r for r in posts if "logging.googleapis.com/trace" in r]
     assert len(traced) == 1
