@@ -376,7 +376,7 @@ class ChatUI:
         system_prompt: str,
         browser_id: str | None,
         request: gr.Request,
-        supersede: Sequence[StoredMessage] = (),
+        supersede_from: int | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """One turn: the question saved first, then one reply (or two side by side, in
         compare mode) streamed and saved.
@@ -407,12 +407,9 @@ class ChatUI:
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         if conversation is None or conversation.owner != owner:
             conversation = Conversation(owner=owner)
-        elif supersede:
+        elif supersede_from is not None:
             # An edit: what it replaces stays saved, marked as no longer continued.
-            start = len(conversation.messages) - len(supersede)
-            conversation.messages[start:] = list(supersede)
-            for earlier in supersede:
-                self.history.append(conversation.session_id, owner, earlier)
+            self._set_aside(conversation, supersede_from)
         is_new = not conversation.messages
         system = system_prompt or ""
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
@@ -725,11 +722,7 @@ class ChatUI:
             gr.Warning(problem or "There is no question to answer again yet.")
             yield unchanged
             return
-        start = conversation.messages.index(question) + 1
-        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
-        conversation.messages[start:] = earlier
-        for message in earlier:
-            self.history.append(conversation.session_id, owner, message)
+        self._set_aside(conversation, conversation.messages.index(question) + 1)
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         config = self._backend_for(backend_label)
         async for update in self._turn_updates(
@@ -762,8 +755,6 @@ class ChatUI:
             gr.Warning("Only your own messages of the open conversation can be edited.")
             yield (self._chat(conversation) if conversation else skip), *(skip,) * 6
             return
-        start = conversation.messages.index(edited)
-        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
         async for update in self.chat_turn(
             str(edit.value or ""),
             conversation,
@@ -776,9 +767,17 @@ class ChatUI:
             system_prompt,
             browser_id,
             request,
-            supersede=earlier,
+            supersede_from=conversation.messages.index(edited),
         ):
             yield update
+
+    def _set_aside(self, conversation: Conversation, start: int) -> None:
+        """Mark the messages from ``start`` on as earlier versions no model sees again, and
+        save them; they stay in the conversation."""
+        earlier = [replace(m, alternative=True) for m in conversation.messages[start:]]
+        conversation.messages[start:] = earlier
+        for message in earlier:
+            self.history.append(conversation.session_id, conversation.owner, message)
 
     def pick_left(self, conversation: Conversation | None) -> tuple[Any, Any, Any]:
         return self.pick(0, conversation)

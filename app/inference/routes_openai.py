@@ -164,9 +164,9 @@ async def completions(
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
-    def response(choice: CompletionChoice, usage: Usage | None = None) -> CompletionResponse:
+    def response(choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
         return CompletionResponse(
-            id=request_id, created=created, model=state.model_name, choices=[choice], usage=usage
+            id=request_id, created=created, model=state.model_name, choices=choices, usage=usage
         )
 
     if not body.stream:
@@ -176,7 +176,7 @@ async def completions(
             logprobs=completion_logprobs(completion.logprobs),
             finish_reason=completion.finish_reason,  # type: ignore[arg-type]
         )
-        return response(choice, Usage.of(completion))
+        return response([choice], Usage.of(completion))
 
     events = open_stream(state, prepared)
     include_usage = body.include_usage()
@@ -192,17 +192,9 @@ async def completions(
             logprobs = completion_logprobs(event.logprobs, offset) if wants_logprobs else None
             offset += len(event.text)
             choice = CompletionChoice(text=event.text, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
-            yield sse(response(choice))
+            yield sse(response([choice]))
             if event.completion is not None and include_usage:
-                yield sse(
-                    CompletionResponse(
-                        id=request_id,
-                        created=created,
-                        model=state.model_name,
-                        choices=[],
-                        usage=Usage.of(event.completion),
-                    )
-                )
+                yield sse(response([], Usage.of(event.completion)))
         yield sse("[DONE]")
 
     return EventStream(stream(), prepared.slot, "text/event-stream")
