@@ -34,7 +34,13 @@ from app.chat.settings import BackendConfig, ChatSettings
 log = logging.getLogger(__name__)
 
 LONG_HISTORY = 400
-STREAMS_AT_FULL_RATE = 10
+# Each screen update costs the one event loop about 0.8 ms (Gradio's postprocessing, diff and
+# SSE message), so with more than this many replies streaming each one updates less often,
+# keeping the loop's update work near a constant share of a core ...
+STREAMS_AT_FULL_RATE = 4
+# ... but never less than twice a second.
+SLOWEST_UPDATE_S = 0.5
+QUEUE_STATUS_EVERY_S = 2.0
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 NOT_YOURS = "That conversation does not exist or is not yours."
 COMPARE_OFF = "Off"
@@ -208,6 +214,20 @@ def to_turns(messages: list[StoredMessage]) -> list[Turn]:
         for m in messages
         if not m.alternative and (m.role == "user" or not m.error)
     ]
+
+
+def update_interval_s(interval_s: float, streaming: int, shown_messages: int) -> float:
+    """How long tokens of one reply are gathered into one screen update.
+
+    Tokens that arrive faster than the screen needs share an update. Every update costs the
+    one event loop CPU, so with many replies streaming each updates less often (up to
+    SLOWEST_UPDATE_S) and first tokens of new replies are not stuck behind them; a very long
+    history makes every update O(history), so it is sent less often too.
+    """
+    if streaming > STREAMS_AT_FULL_RATE:
+        busy = interval_s * streaming / STREAMS_AT_FULL_RATE
+        interval_s = max(interval_s, min(busy, SLOWEST_UPDATE_S))
+    return max(interval_s, 0.15) if shown_messages >= LONG_HISTORY else interval_s
 
 
 def compare_mode(configs: Sequence[BackendConfig]) -> bool:
@@ -646,13 +666,9 @@ class ChatUI:
         return turns
 
     def _update_interval_s(self, shown_messages: int) -> float:
-        # Tokens that arrive faster than the screen needs share an update. Every update costs
-        # the one event loop CPU, so with many streams each updates less often and first
-        # tokens of new replies are not stuck behind them; a very long history makes every
-        # update O(history), so it is sent less often too.
-        interval_s = self.settings.stream_update_interval_ms / 1000
-        interval_s *= max(1.0, self.streaming / STREAMS_AT_FULL_RATE)
-        return max(interval_s, 0.15) if shown_messages >= LONG_HISTORY else interval_s
+        return update_interval_s(
+            self.settings.stream_update_interval_ms / 1000, self.streaming, shown_messages
+        )
 
     def _listed(
         self, choices: list[tuple[str, str]] | None, conversation: Conversation
@@ -1109,5 +1125,13 @@ class ChatUI:
                 outputs=[chatbot, conversation, choices_state, conversation_id],
                 api_name="delete",
             )
-        demo.queue(default_concurrency_limit=16, max_size=settings.queue_size)
+        # By default Gradio sends every waiting event a queue estimate each time an event
+        # starts: a burst of 50 messages got 17 estimates each, more SSE messages than its
+        # screen updates. The chat hides queue status; a waiting event gets its estimate on
+        # joining and then every few seconds.
+        demo.queue(
+            default_concurrency_limit=16,
+            max_size=settings.queue_size,
+            status_update_rate=QUEUE_STATUS_EVERY_S,
+        )
         return demo

@@ -13,8 +13,16 @@ from app.chat.history import ChatHistory
 from app.chat.identity import OwnerResolver
 from app.chat.server import PROGRESS_POLL_S, QUEUE_POLL_S, create_app
 from app.chat.settings import ChatSettings
-from app.chat.ui import ChatUI, to_turns, without_details
-from tests.chat.stack import DATABASE, REPLY
+from app.chat.ui import (
+    LONG_HISTORY,
+    SLOWEST_UPDATE_S,
+    ChatUI,
+    to_turns,
+    update_interval_s,
+    without_details,
+)
+from tests.chat.misbehaving_backend import PACED_WORDS
+from tests.chat.stack import DATABASE, REPLY, Stack
 
 UNUSED_URL = "http://127.0.0.1:9/v1"  # never called
 
@@ -23,13 +31,15 @@ def text_of(chat: list[dict[str, Any]]) -> str:
     return without_details(str(chat[-1]["content"]))
 
 
-async def run_send(inference_url: str, project: str, interval_ms: int) -> list[Any]:
+async def run_send(
+    base_url: str, project: str, interval_ms: int, model: str = "tiny", reply: str = REPLY
+) -> list[Any]:
     backend = {
         "id": "gemma",
         "label": "Gemma",
         "kind": "openai",
-        "model": "tiny",
-        "base_url": f"{inference_url}/v1",
+        "model": model,
+        "base_url": f"{base_url}/v1",
     }
     settings = ChatSettings(
         chat_backends=[backend],  # type: ignore[list-item]
@@ -50,20 +60,36 @@ async def run_send(inference_url: str, project: str, interval_ms: int) -> list[A
     assert await history.flush(20)
     conversation = updates[-1][1]
     stored = await history.load("browser:browser-in-process", conversation.session_id)
-    assert [m.content for m in stored or []] == ["hi", REPLY]
+    assert [m.content for m in stored or []] == ["hi", reply]
     await history.close()
     await backends["gemma"].aclose()
     return updates
 
 
+def test_updates_space_out_as_more_replies_stream_but_not_past_the_slowest_rate() -> None:
+    assert update_interval_s(0.04, 1, 2) == 0.04
+    assert update_interval_s(0.04, 4, 2) == 0.04
+    # Ten replies at once: each updates every 100 ms, so the loop sends as many updates a
+    # second as it would for four.
+    assert update_interval_s(0.04, 10, 2) == pytest.approx(0.1)
+    assert update_interval_s(0.04, 200, 2) == SLOWEST_UPDATE_S
+    # A configured interval above the slowest rate is kept; zero stays per token.
+    assert update_interval_s(0.8, 200, 2) == 0.8
+    assert update_interval_s(0.0, 200, 2) == 0.0
+    assert update_interval_s(0.04, 1, LONG_HISTORY) == 0.15
+
+
 async def test_every_token_is_an_update_when_the_interval_is_zero(
-    inference_url: str, firestore: Any
+    stack: Stack, firestore: Any
 ) -> None:
-    updates = await run_send(inference_url, firestore.project, 0)
+    # 40 words 30 ms apart: nothing holds them, so each is its own update (words that reach a
+    # busy machine together still share one, hence the margin).
+    reply = "".join(PACED_WORDS)
+    updates = await run_send(stack.misbehaving.base_url, firestore.project, 0, "paced", reply)
     texts = [text_of(u[0]) for u in updates]
     assert texts[0] == ""  # the echo, sent while the model starts
     assert len(texts) > 20
-    assert texts[-1] == REPLY
+    assert texts[-1] == reply
 
 
 async def test_fast_tokens_share_updates_and_the_reply_still_arrives_whole(
