@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from app.chat.backends import BackendError, Sampling, Turn, make_backend, prepare_turns
+from app.chat.backends import (
+    BackendError,
+    Sampling,
+    Turn,
+    error_detail,
+    event_lines,
+    make_backend,
+    prepare_turns,
+)
 from app.chat.id_tokens import IdTokenSource, audience_for, token_expiry
 from app.chat.settings import BackendConfig
 from devtools.ports import free_port
@@ -231,3 +240,29 @@ def test_audience_is_the_service_origin() -> None:
     assert audience_for("https://gemma-abc-uc.a.run.app/v1") == "https://gemma-abc-uc.a.run.app"
     with pytest.raises(ValueError, match="absolute URL"):
         audience_for("/v1")
+
+
+async def test_stream_lines_of_any_length_survive_chunk_boundaries() -> None:
+    long_event = b"data: " + b"x" * 200_000
+
+    class Body:
+        async def iter_any(self) -> AsyncIterator[bytes]:
+            for chunk in (b"data: a\n", b"\ndata: b", b"c\n" + long_event[:70_000]):
+                yield chunk
+            yield long_event[70_000:] + b"\ndata: [DONE]"
+
+    lines = [line async for line in event_lines(cast(Any, Body()))]
+    assert lines == [b"data: a", b"", b"data: bc", long_event, b"data: [DONE]"]
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"error": {"message": "max_tokens is too large"}}', "max_tokens is too large"),
+        (b'{"detail": "Not Found"}', "Not Found"),
+        (b'{"error": "bad model"}', "bad model"),
+        (b"upstream connect error", "upstream connect error"),
+    ],
+)
+def test_an_error_body_says_what_went_wrong(body: bytes, detail: str) -> None:
+    assert error_detail(body) == detail
