@@ -140,7 +140,7 @@ class ChatAppSession:
         async for _, outputs in self.stream(
             "send", message, backend_label, 0.9, 0.95, max_tokens, system_prompt, self.browser_id
         ):
-            shown = _assistant_text(outputs[0])
+            shown = assistant_text(outputs[0])
             if shown != text and shown:
                 pieces += 1
                 text = shown
@@ -150,7 +150,7 @@ class ChatAppSession:
         return StreamTiming((first or end) - start, end - start, pieces, text)
 
 
-def _assistant_text(chat: Any) -> str:
+def assistant_text(chat: Any) -> str:
     if not isinstance(chat, list) or not chat:
         return ""
     last = chat[-1]

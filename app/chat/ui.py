@@ -41,6 +41,8 @@ STREAMS_AT_FULL_RATE = 4
 # ... but never less than twice a second.
 SLOWEST_UPDATE_S = 0.5
 QUEUE_STATUS_EVERY_S = 2.0
+# How many page loads, restores, renames and the like run at once.
+SHORT_EVENTS = 16
 BROWSER_ID_KEY = "gemma-stack-chat-browser-id"
 NOT_YOURS = "That conversation does not exist or is not yours."
 COMPARE_OFF = "Off"
@@ -1125,12 +1127,16 @@ class ChatUI:
                 outputs=[chatbot, conversation, choices_state, conversation_id],
                 api_name="delete",
             )
+        # Gradio runs at most `max_threads` events at once, 40 unless launch() sets it (a
+        # mounted app never calls it): the 41st chat got its first token only when another
+        # reply ended. Every chat may stream, beside the short events (loads, renames).
+        demo.max_threads = settings.max_concurrent_chats + SHORT_EVENTS
         # By default Gradio sends every waiting event a queue estimate each time an event
         # starts: a burst of 50 messages got 17 estimates each, more SSE messages than its
         # screen updates. The chat hides queue status; a waiting event gets its estimate on
         # joining and then every few seconds.
         demo.queue(
-            default_concurrency_limit=16,
+            default_concurrency_limit=SHORT_EVENTS,
             max_size=settings.queue_size,
             status_update_rate=QUEUE_STATUS_EVERY_S,
         )

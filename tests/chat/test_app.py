@@ -20,7 +20,7 @@ from gradio_client.exceptions import AppError
 
 from app.chat.history import ChatHistory, StoredMessage
 from app.chat.ui import without_details
-from bench.chat_bench import ChatAppSession
+from bench.chat_bench import ChatAppSession, assistant_text
 from devtools.processes import ServerProcess
 from tests.chat.stack import (
     DATABASE,
@@ -30,6 +30,7 @@ from tests.chat.stack import (
     GEMINI_API,
     GEMINI_ECHO,
     GEMMA,
+    LONG,
     PENDING,
     REPLY,
     USERS,
@@ -305,3 +306,41 @@ async def test_50_concurrent_sessions_all_stream_and_persist(chat_app: ServerPro
         )
 
     assert await asyncio.to_thread(lambda: wait_for(lambda: stored() == sessions, 30))
+
+
+async def test_more_chats_than_gradios_40_workers_stream_at_once(chat_app: ServerProcess) -> None:
+    # Gradio runs 40 events at once unless told otherwise; the 41st chat would get its first
+    # token only when some other 20 s reply had ended.
+    sessions = 48
+    everyone_started = asyncio.Event()
+    started = 0
+    waiting: list[int] = []  # chats still without a token when one gave up waiting
+
+    async def first_token(client: ChatAppSession) -> None:
+        nonlocal started
+        stream = client.stream("send", "hello", LONG, 0.9, 0.95, 64, "", client.browser_id)
+        try:
+            async for _, outputs in stream:
+                if assistant_text(outputs[0]):
+                    break
+            started += 1
+            if started == sessions:
+                everyone_started.set()
+            # Its reply stays open until all have started, as a reader's would.
+            try:
+                await asyncio.wait_for(everyone_started.wait(), timeout=15)
+            except TimeoutError:
+                waiting.append(sessions - started)
+        finally:
+            await stream.aclose()
+
+    limits = httpx.Limits(max_connections=2 * sessions + 10)
+    async with httpx.AsyncClient(base_url=chat_app.url, limits=limits, timeout=120) as http:
+        config = await ChatAppSession.fetch_config(http)
+        clients = [
+            ChatAppSession(http, config, f"wide-{i}-{secrets.token_hex(3)}")
+            for i in range(sessions)
+        ]
+        results = await asyncio.gather(*(first_token(c) for c in clients), return_exceptions=True)
+    assert not waiting, f"{waiting[0]} chats waited 15 s for another reply to end"
+    assert results == [None] * sessions
