@@ -408,7 +408,7 @@ class ChatUI:
         """
         skip = gr.skip()
         rest = (skip, skip, skip, skip)
-        text = (message or "").strip()
+        text = message.strip() if isinstance(message, str) else ""
         try:
             owner = await self._owner(request, browser_id) if text else ""
         except IdentityError as err:
@@ -417,12 +417,14 @@ class ChatUI:
         if not text:
             yield skip, skip, skip, *rest
             return
-        text, problem = self._checked(text, temperature, top_p, max_tokens)
+        compare = compare_label not in (None, "", COMPARE_OFF)
+        models = [backend_label, compare_label] if compare else [backend_label]
+        text, problem = self._checked(text, models, temperature, top_p, max_tokens)
         if problem:
             yield self._rejected(conversation, text, problem), skip, skip, *rest
             return
         configs = [self._backend_for(backend_label)]
-        if compare_label and compare_label != COMPARE_OFF:
+        if compare:
             other = self._backend_for(compare_label)
             if other.id != configs[0].id:
                 configs.append(other)
@@ -433,7 +435,7 @@ class ChatUI:
             # An edit: what it replaces stays saved, marked as no longer continued.
             self._set_aside(conversation, supersede_from)
         is_new = not conversation.messages
-        system = system_prompt or ""
+        system = system_prompt if isinstance(system_prompt, str) else ""
         # Saved before the model is asked, so a failing backend never loses what the user wrote.
         question = self._keep_question(conversation, text, configs[0], sampling, system)
         listed = self._listed(choices, conversation) if is_new else skip
@@ -643,15 +645,30 @@ class ChatUI:
         )
 
     def _checked(
-        self, text: str, temperature: float, top_p: float, max_tokens: float
+        self,
+        text: str,
+        models: Sequence[str],
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
     ) -> tuple[str, str | None]:
         """The message normalized for storage, and why it cannot be sent (or None)."""
-        problem = sampling_problem(temperature, top_p, max_tokens)
+        problem = self._model_problem(*models) or sampling_problem(temperature, top_p, max_tokens)
         try:
             text = check_text(text, self.settings.max_message_bytes)
         except MessageRejectedError as err:
             problem = str(err)
         return text, problem
+
+    def _model_problem(self, *labels: str) -> str | None:
+        """Why a model name cannot be used, or None. The events skip Gradio's own input
+        checks (each costs the event loop a round trip to a worker thread), and an API
+        caller can name any model."""
+        for label in labels:
+            if label not in self.labels:
+                known = ", ".join(self.labels)
+                return f"There is no model {label!r} here; pick one of: {known}."
+        return None
 
     @staticmethod
     def _window(conversation: Conversation, system: str, backend: BackendConfig) -> list[Turn]:
@@ -735,7 +752,9 @@ class ChatUI:
         question = None
         if conversation is not None and conversation.owner == owner:
             question = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
-        problem = sampling_problem(temperature, top_p, max_tokens)
+        problem = self._model_problem(backend_label) or sampling_problem(
+            temperature, top_p, max_tokens
+        )
         if conversation is None or question is None or problem:
             gr.Warning(problem or "There is no question to answer again yet.")
             yield unchanged
@@ -743,8 +762,9 @@ class ChatUI:
         self._set_aside(conversation, conversation.messages.index(question) + 1)
         sampling = Sampling(float(temperature), float(top_p), int(max_tokens))
         config = self._backend_for(backend_label)
+        system = system_prompt if isinstance(system_prompt, str) else ""
         async for update in self._turn_updates(
-            conversation, question, [config], sampling, system_prompt or "", request, skip
+            conversation, question, [config], sampling, system, request, skip
         ):
             yield update
 
@@ -1038,6 +1058,10 @@ class ChatUI:
                 "concurrency_limit": settings.max_concurrent_chats,
                 "concurrency_id": "chat",
                 "show_progress": "hidden",
+                # Gradio would preprocess each of eight inputs in a worker thread, one after
+                # the other: 2 ms of CPU per message, and eight waits for a busy event loop
+                # before the model is asked. The values are used raw; the handlers check them.
+                "preprocess": False,
             }
             turn = message.submit(
                 self.take_message,

@@ -218,11 +218,13 @@ def test_two_tabs_on_one_conversation_keep_each_reply_after_its_question(
         assert asked.removeprefix(f"{SYSTEM}\n\n") == text_of(question)
 
 
-def send_raw(app: ServerProcess, browser: str, text: str, temperature: float) -> str:
+def send_raw(
+    app: ServerProcess, browser: str, text: str, temperature: float, label: str = ECHO
+) -> str:
     """Send through Gradio's queue with a hand-made body: JSON clients refuse to send NaN."""
     config = httpx.get(app.url + "/config", timeout=30).json()
     session = ChatAppSession(httpx.AsyncClient(), config, browser)
-    values = iter([text, ECHO, temperature, 0.95, 32, SYSTEM, browser])
+    values = iter([text, label, temperature, 0.95, 32, SYSTEM, browser])
     data = [None if t == "state" else next(values) for t in session.input_types["send"]]
     body = {
         "data": data,
@@ -262,6 +264,10 @@ def test_bad_input_is_refused_with_a_message_and_nothing_is_saved(
         ("broken \ud800 text", "unpaired surrogate"),
     ):
         assert message in send_raw(chat_app, browser, text, 0.9)
+    # The handler checks the model itself: an API caller can name any.
+    assert "There is no model 'Claude' here; pick one of:" in send_raw(
+        chat_app, browser, "hello", 0.9, "Claude"
+    )
     client.submit("fine", ECHO, 0.9, 0.95, 32, SYSTEM, browser, api_name="/send").result(
         timeout=120
     )
