@@ -9,7 +9,8 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -281,15 +282,23 @@ def test_a_firestore_outage_loses_nothing(stack: Stack, chat_app: ServerProcess)
     ]
 
 
-async def test_50_concurrent_sessions_all_stream_and_persist(chat_app: ServerProcess) -> None:
-    sessions = 50
+@asynccontextmanager
+async def crowd(
+    app: ServerProcess, sessions: int, name: str
+) -> AsyncIterator[list[ChatAppSession]]:
+    """That many browser-like sessions of the app, sharing one HTTP client."""
     limits = httpx.Limits(max_connections=2 * sessions + 10)
-    async with httpx.AsyncClient(base_url=chat_app.url, limits=limits, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=app.url, limits=limits, timeout=120) as http:
         config = await ChatAppSession.fetch_config(http)
-        clients = [
-            ChatAppSession(http, config, f"crowd-{i}-{secrets.token_hex(3)}")
+        yield [
+            ChatAppSession(http, config, f"{name}-{i}-{secrets.token_hex(3)}")
             for i in range(sessions)
         ]
+
+
+async def test_50_concurrent_sessions_all_stream_and_persist(chat_app: ServerProcess) -> None:
+    sessions = 50
+    async with crowd(chat_app, sessions, "crowd") as clients:
         results = await asyncio.gather(*(c.send("hello", GEMMA, 32) for c in clients))
     assert [r.text for r in results] == [REPLY] * sessions
     # The app reads each model stream as fast as it comes and sends what arrived since its
@@ -334,13 +343,7 @@ async def test_more_chats_than_gradios_40_workers_stream_at_once(chat_app: Serve
         finally:
             await stream.aclose()
 
-    limits = httpx.Limits(max_connections=2 * sessions + 10)
-    async with httpx.AsyncClient(base_url=chat_app.url, limits=limits, timeout=120) as http:
-        config = await ChatAppSession.fetch_config(http)
-        clients = [
-            ChatAppSession(http, config, f"wide-{i}-{secrets.token_hex(3)}")
-            for i in range(sessions)
-        ]
+    async with crowd(chat_app, sessions, "wide") as clients:
         results = await asyncio.gather(*(first_token(c) for c in clients), return_exceptions=True)
     assert not waiting, f"{waiting[0]} chats waited 15 s for another reply to end"
     assert results == [None] * sessions
