@@ -221,11 +221,8 @@ class Row:
     def added_full_reply(self) -> float:
         """How much later the chat app's reply is complete: the median of the rounds' ratios
         (each round's direct and chat app runs are back to back, so they share the machine's
-        state), or of all replies when rounds were not kept."""
-        if self.round_ratios:
-            return statistics.median(self.round_ratios) - 1
-        direct_full = statistics.median(t.total_s for t in self.direct)
-        return statistics.median(t.total_s for t in self.chat) / direct_full - 1
+        state)."""
+        return statistics.median(self.round_ratios) - 1
 
     def cells(self) -> list[str]:
         tokens = round(statistics.median(t.pieces for t in self.direct))
